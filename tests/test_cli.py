@@ -1,0 +1,72 @@
+"The `kdnb` command: listings, and one clear error (exit 2, one line) for each kind of bad input."
+import json, pickle
+from pathlib import Path
+import pytest, torch
+from kdnb.data import write_fake_cifar100
+
+def one_line_error(r, *needles):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith('kdnb: error: '), r.stderr
+    for n in needles: assert n in lines[0], lines[0]
+
+def test_listings(kdnb_cli):
+    out = kdnb_cli('models', check=True).stdout
+    for name in ['WRN-16-1', 'WRN-40-4', 'ResNet-8', 'ResNet-110', 'ResNet-18', 'ResNet-50', 'MobileNetV2', 'MobileNetV2-x0.5', 'GhostNet']:
+        assert name in out
+    assert '8.97M' in out and '11.22M' in out
+    methods = kdnb_cli('methods', check=True).stdout
+    for m in ['KD', 'FitNet', 'AT', 'DML', 'DIST', 'SRD', 'SRDwithDIST', 'SRDwithKL', 'SRDwithPMSE']: assert f'\n{m} ' in '\n' + methods
+    assert 'CIFAR-100' in kdnb_cli('datasets', check=True).stdout
+
+def test_unknown_names(kdnb_cli, tmp_path):
+    one_line_error(kdnb_cli('train', '--model', 'WRN-99-9', '--out', tmp_path/'a'), "unknown model 'WRN-99-9'", 'WRN-40-4')
+    one_line_error(kdnb_cli('train', '--model', 'WRN-16-1', '--dataset', 'mnist', '--out', tmp_path/'b'), "unknown dataset 'mnist'", 'CIFAR-100')
+    one_line_error(kdnb_cli('distill', '--teacher', 'WRN-16-2', '--student', 'WRN-16-1', '--method', 'CRD', '--out', tmp_path/'c'),
+                   "unknown method 'CRD'", 'SRDwithDIST')
+    one_line_error(kdnb_cli('distill', '--teacher', 'WRN-16-2', '--student', 'WRN-16-1', '--method', 'KD', '--tau', '2', '--out', tmp_path/'d'),
+                   "has no hyper-parameter 'tau'")
+
+def test_missing_cifar100_without_network(kdnb_cli, tmp_path):
+    one_line_error(kdnb_cli('train', '--model', 'ResNet-8', '--dataset', 'CIFAR-100', '--data-root', tmp_path, '--out', tmp_path/'r'),
+                   'CIFAR-100'.lower().replace('-', ''), '--download')
+
+def test_train_on_official_cifar100_layout(kdnb_cli, tmp_path):
+    write_fake_cifar100(tmp_path/'data', n_train=64, n_test=16)
+    r = kdnb_cli('train', '--model', 'ResNet-8', '--dataset', 'CIFAR-100', '--data-root', tmp_path/'data', '--epochs', '1',
+                 '--bs', '16', '--out', tmp_path/'run', '--no-progress', check=True)
+    res = json.loads((tmp_path/'run'/'results.json').read_text())
+    assert res['config']['num_classes'] == 100 and res['epochs'] == 1
+    assert 'results.json' in r.stdout
+
+@pytest.fixture(scope='module')
+def small_teacher(tmp_path_factory):
+    "A ResNet-8 trained for one epoch on a fake 10-class... no: on the embedded subset."
+    out = tmp_path_factory.mktemp('teacher')/'run'
+    from conftest import run_kdnb
+    run_kdnb('train', '--model', 'ResNet-8', '--epochs', '1', '--out', out, '--no-progress', check=True)
+    return out
+
+def test_bad_teacher_checkpoints(kdnb_cli, tmp_path, small_teacher):
+    ck = small_teacher/'last.pt'
+    base = ['distill', '--student', 'WRN-16-1', '--method', 'KD', '--epochs', '1', '--no-progress']
+    one_line_error(kdnb_cli(*base, '--teacher', 'WRN-16-2', '--teacher-ckpt', ck, '--out', tmp_path/'a'), 'ResNet-8', 'do not fit')
+    one_line_error(kdnb_cli(*base, '--teacher', 'ResNet-8', '--teacher-ckpt', ck, '--dataset', 'CIFAR-100', '--out', tmp_path/'b',
+                            '--data-root', write_fake_cifar100(tmp_path/'d', 64, 16).parent, '--bs', '16'), 'with 10 classes', 'has 100')
+    bad = tmp_path/'trunc.pt'; bad.write_bytes(ck.read_bytes()[:2000])
+    one_line_error(kdnb_cli(*base, '--teacher', 'ResNet-8', '--teacher-ckpt', bad, '--out', tmp_path/'c'), 'corrupt or truncated')
+    for d in 'abc': assert not (tmp_path/d/'last.pt').exists()  # nothing trained
+
+def test_out_dir_of_another_run_is_untouched(kdnb_cli, tmp_path, small_teacher):
+    before = {p.name: p.read_bytes() for p in small_teacher.iterdir() if p.is_file()}
+    one_line_error(kdnb_cli('train', '--model', 'ResNet-14', '--epochs', '1', '--out', small_teacher), 'holds another run', 'new --out')
+    one_line_error(kdnb_cli('train', '--model', 'ResNet-8', '--epochs', '1', '--out', small_teacher), 'pass --resume')
+    assert {p.name: p.read_bytes() for p in small_teacher.iterdir() if p.is_file()} == before
+
+def test_distill_from_checkpoint(kdnb_cli, tmp_path, small_teacher):
+    r = kdnb_cli('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8',
+                 '--method', 'DIST', '--epochs', '1', '--out', tmp_path/'kd', '--no-progress', check=True)
+    res = json.loads((tmp_path/'kd'/'results.json').read_text())
+    assert res['config']['hparams'] == {'alpha': 1.0, 'beta': 2.0, 'gamma': 2.0, 'tau': 4.0}
+    hist = (tmp_path/'kd'/'history.csv').read_text().splitlines()[0].split(',')
+    assert {'ce', 'inter', 'intra', 'top1', 'top5', 'valid_loss'} <= set(hist)
