@@ -41,7 +41,7 @@ def test_train_on_official_cifar100_layout(kdnb_cli, tmp_path):
 
 @pytest.fixture(scope='module')
 def small_teacher(tmp_path_factory):
-    "A ResNet-8 trained for one epoch on a fake 10-class... no: on the embedded subset."
+    "A ResNet-8 trained for one epoch on the embedded subset."
     out = tmp_path_factory.mktemp('teacher')/'run'
     from conftest import run_kdnb
     run_kdnb('train', '--model', 'ResNet-8', '--epochs', '1', '--out', out, '--no-progress', check=True)
@@ -70,3 +70,15 @@ def test_distill_from_checkpoint(kdnb_cli, tmp_path, small_teacher):
     assert res['config']['hparams'] == {'alpha': 1.0, 'beta': 2.0, 'gamma': 2.0, 'tau': 4.0}
     hist = (tmp_path/'kd'/'history.csv').read_text().splitlines()[0].split(',')
     assert {'ce', 'inter', 'intra', 'top1', 'top5', 'valid_loss'} <= set(hist)
+
+def test_fitnet_two_stage(kdnb_cli, tmp_path, small_teacher):
+    kdnb_cli('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8', '--method', 'FitNet',
+             '--hint-epochs', '1', '--epochs', '1', '--out', tmp_path/'fit', '--no-progress', check=True)
+    hint = json.loads((tmp_path/'fit'/'hint'/'results.json').read_text())
+    assert hint['config']['stage'] == 'hint' and 'hint' in (tmp_path/'fit'/'hint'/'history.csv').read_text().splitlines()[0]
+    assert json.loads((tmp_path/'fit'/'results.json').read_text())['config']['hparams']['hint_epochs'] == 1
+
+def test_precomputed_logits_only_for_logit_methods(kdnb_cli, tmp_path, small_teacher):
+    r = kdnb_cli('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8', '--method', 'AT',
+                 '--teacher-logits', 'precomputed', '--epochs', '1', '--out', tmp_path/'at')
+    one_line_error(r, 'AT cannot use pre-computed teacher logits')

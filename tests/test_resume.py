@@ -43,8 +43,7 @@ def test_kill_the_cli_and_resume(tmp_path):
     while not (out/'last.pt').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.2)
     p.send_signal(signal.SIGKILL); p.wait()
     assert (out/'last.pt').exists() and not (out/'results.json').exists()
-    done = len(pd.read_csv(out/'history.csv'))
-    assert not list(out.glob('.*.tmp'))  # no half-written file left behind... or, if one is, it is never read
+    assert 1 <= len(pd.read_csv(out/'history.csv')) < 3
     r = subprocess.run(args + ['--resume'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     hist = pd.read_csv(out/'history.csv')
