@@ -18,7 +18,7 @@ demo: install
 # Two workers with one torch thread each: two threads per process on two cores oversubscribe them, 2-4x slower.
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers 2
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
 
 export: install
 	$(BIN)/nbdev-export && $(BIN)/nbdev-clean

@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_kdnb
 
+pytestmark = pytest.mark.xdist_group('docs')  # one site build, on one pytest-xdist worker (make test uses --dist loadgroup)
+
 CHROMIUM, CHROMEDRIVER = Path('/usr/bin/chromium'), Path('/usr/bin/chromedriver')
 TUTORIAL = '32_dataset_inspection.ipynb'  # the tutorial executed here: a dozen seconds on a CPU
 
