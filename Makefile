@@ -16,9 +16,10 @@ demo: install
 	$(BIN)/kdnb demo --out runs/demo
 
 # Two workers with one torch thread each: two threads per process on two cores oversubscribe them, 2-4x slower.
+# --dist loadfile keeps a file's tests on one worker, so module fixtures (a trained teacher, the docs site) are built once.
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers 2
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 export: install
 	$(BIN)/nbdev-export && $(BIN)/nbdev-clean

@@ -21,23 +21,40 @@ class KdnbError(Exception):
 
 # %% ../nbs/00_core.ipynb #e44c75c9
 class Registry:
-    "A case-insensitive name -> object table whose misses list the valid names."
-    def __init__(self, kind:str): self.kind, self._items = kind, {}
+    "A case-insensitive name -> object table whose misses list the valid names; installed packages can add to it."
+    def __init__(self, kind:str, group:str|None=None):
+        self.kind, self.group, self._items, self._plugins_loaded = kind, group, {}, group is None
     def register(self, name:str, obj=None):
         "Add `obj` under `name`; usable as a decorator when `obj` is omitted."
         if obj is None: return lambda o: self.register(name, o)
         self._items[name.lower()] = (name, obj)  # re-registering replaces, so notebook cells can be re-run
         return obj
+    def load_plugins(self):
+        "Import, once, the modules that installed packages declare under the entry-point group `group`; importing them registers their names."
+        if self._plugins_loaded: return
+        self._plugins_loaded = True
+        from importlib.metadata import entry_points
+        for ep in entry_points(group=self.group):
+            try: ep.load()
+            except Exception as e:
+                raise KdnbError(f"the {self.kind} plugin {ep.name!r} = {ep.value!r} (entry points {self.group!r}) failed to import: "
+                                f"{type(e).__name__}: {e}; fix or uninstall the package that declares it") from e
+    def _get(self, name:str):
+        key = str(name).lower()
+        if key not in self._items: self.load_plugins()  # built-in names never pay for plugins
+        return self._items.get(key)
     def __getitem__(self, name:str):
-        try: return self._items[str(name).lower()][1]
-        except KeyError: raise KdnbError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
-    def __contains__(self, name): return str(name).lower() in self._items
+        if (hit := self._get(name)) is None: raise KdnbError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+        return hit[1]
+    def __contains__(self, name): return self._get(name) is not None
     def canonical(self, name:str) -> str:
         "The name as it was registered (e.g. 'wrn-40-4' -> 'WRN-40-4')."
         self[name]
         return self._items[str(name).lower()][0]
-    def names(self) -> list[str]: return [n for n,_ in self._items.values()]
-    def __len__(self): return len(self._items)
+    def names(self) -> list[str]:
+        self.load_plugins()
+        return [n for n,_ in self._items.values()]
+    def __len__(self): return len(self.names())
     def __repr__(self): return f"Registry({self.kind}: {', '.join(self.names())})"
 
 # %% ../nbs/00_core.ipynb #ca17fa0a

@@ -152,7 +152,7 @@ class DatasetSpec:
     transforms: Callable  # (train) -> transform
     needs_root: bool = True
 
-DATASETS = Registry('dataset')
+DATASETS = Registry('dataset', group='kdnb.datasets')
 for _spec in [
     DatasetSpec('cifar10-subset', 10, lambda root, train, download: read_cifar10_subset(train),
                 lambda train: cifar_transforms(CIFAR10_STATS, train), needs_root=False),

@@ -28,7 +28,7 @@ __all__ = ['METHODS', 'PAIR_HPARAMS', 'register_method', 'Method', 'list_methods
            'Distiller', 'PeerAccuracy', 'load_teacher', 'distill_learner', 'precompute_teacher_logits', 'distill_model']
 
 # %% ../nbs/10_distill.ipynb #1b6a0682
-METHODS = Registry('method')
+METHODS = Registry('method', group='kdnb.methods')
 
 def register_method(name:str):
     "Class decorator adding a `Method` to the registry under `name`."

@@ -6,14 +6,15 @@ Docs: https://kdnb-team.github.io/kdnb/docs.html.md"""
 
 # %% ../nbs/21_docs.ipynb #7d5c3fe1
 from __future__ import annotations
-import fnmatch, hashlib, json, re, shutil, time
+import fcntl, fnmatch, hashlib, json, re, shutil, time
+from contextlib import contextmanager
 from pathlib import Path
 import yaml
 from .core import KdnbError
 
 # %% auto #0
-__all__ = ['SECTIONS', 'source_hash', 'exec_key', 'stored_key', 'execute_notebooks', 'mkdocs_notebook', 'section', 'stage_pages',
-           'benchmark_page', 'api_page', 'mkdocs_config', 'build_docs']
+__all__ = ['SECTIONS', 'HOOKS', 'source_hash', 'exec_key', 'stored_key', 'execute_notebooks', 'mkdocs_notebook', 'section',
+           'stage_pages', 'benchmark_page', 'api_page', 'mkdocs_config', 'search_without_code', 'build_docs']
 
 # %% ../nbs/21_docs.ipynb #4b5c37eb
 def _cfg(root=None):
@@ -184,7 +185,7 @@ def mkdocs_config(nav:dict, site_dir:Path, name:str='kdnb', description:str='', 
             include=['*.ipynb'], execute=False, include_source=False, allow_errors=False, custom_mathjax_url=mathjax,
             cache=cache_dir is not None, cache_dir=str(cache_dir or ''),
             remove_tag_config=dict(remove_input_tags=['remove_input']))}],
-        markdown_extensions=['tables', 'admonition', 'toc'],
+        markdown_extensions=['tables', 'admonition', 'toc'], hooks=['hooks.py'],
         nav=_nav(nav))
 
 def _nav(nav:dict) -> list:
@@ -196,7 +197,29 @@ def _nav(nav:dict) -> list:
         elif items: out.append({sec: items})
     return out + [{'Benchmark': 'benchmark.md'}, {'API index': 'api.md'}]
 
+# %% ../nbs/21_docs.ipynb #c0ed6921
+# The innermost elements of a code input (prompt, tag badges, highlighted code, the copy button's text and its plain-text copy):
+# Material's search parser stops excluding an element at its first child of the same tag, so marking the whole input area fails.
+_CODE_INPUT = re.compile(r'<(div|span) class="(jp-InputPrompt|jp-OutputPrompt|cell-tag|highlight-ipynb|clipboard-copy-txt|notice)\b')
+
+def search_without_code(html:str, **kwargs) -> str:
+    "MkDocs `on_page_content` hook: keep code cells' inputs and prompts out of the search index."
+    return _CODE_INPUT.sub(r'<\1 data-search-exclude class="\2', html)
+
+HOOKS = "from kdnb.docs import search_without_code as on_page_content\n"  # the hooks.py the generated mkdocs.yml names
+
 # %% ../nbs/21_docs.ipynb #dceeaf61
+@contextmanager
+def _build_lock(root:Path):
+    "Hold the repository's docs lock: two builds at once would rebuild `_proc/` under each other."
+    lock = root/'_proc'/'.kdnb-docs.lock'; lock.parent.mkdir(exist_ok=True)
+    with open(lock, 'w') as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"another docs build is running in {root}; waiting for it...", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
 def build_docs(out='_docs', execute:str='*', n_workers:int=2, force:bool=False, results=None, root=None) -> dict:
     "Execute (notebooks matching `execute`), process, adapt and render the site into `out`; returns what it did."
     started = time.time()
@@ -208,19 +231,20 @@ def build_docs(out='_docs', execute:str='*', n_workers:int=2, force:bool=False, 
         from mkdocs.commands.build import build
         from nbdev.serve import proc_nbs
     except ImportError as e: raise KdnbError(f"building the docs needs MkDocs Material and mkdocs-jupyter ({e.name} is missing): pip install -e '.[dev]'") from None
-    ex = execute_notebooks(root, execute, n_workers, force)
-    print("processing the notebooks with nbdev (show_doc pages)...", flush=True)
-    proc_dir = proc_nbs(str(ex['dir']), n_workers=n_workers)
-    stage = root/'_proc'/'_mkdocs'
-    shutil.rmtree(stage, ignore_errors=True); (stage/'docs').mkdir(parents=True)
-    nav = stage_pages(proc_dir, stage/'docs')
-    (stage/'docs'/'benchmark.md').write_text(benchmark_page(root/'grids'/'cifar100.yaml', Path(results) if results else None))
-    from kdnb._modidx import d as modidx
-    (stage/'docs'/'api.md').write_text(api_page(modidx))
-    conf = mkdocs_config(nav, out, cfg.get('title', 'kdnb'), cfg.get('description', ''), cfg.get('git_url'), root/'_proc'/'mkdocs-jupyter-cache')
-    (stage/'mkdocs.yml').write_text(yaml.safe_dump(conf, sort_keys=False))
-    print(f"rendering with MkDocs Material into {out}...", flush=True)
-    build(load_config(str(stage/'mkdocs.yml')))
+    with _build_lock(root):
+        ex = execute_notebooks(root, execute, n_workers, force)
+        print("processing the notebooks with nbdev (show_doc pages)...", flush=True)
+        proc_dir = proc_nbs(str(ex['dir']), n_workers=n_workers)
+        stage = root/'_proc'/'_mkdocs'
+        shutil.rmtree(stage, ignore_errors=True); (stage/'docs').mkdir(parents=True)
+        nav = stage_pages(proc_dir, stage/'docs')
+        (stage/'docs'/'benchmark.md').write_text(benchmark_page(root/'grids'/'cifar100.yaml', Path(results) if results else None))
+        from kdnb._modidx import d as modidx
+        (stage/'docs'/'api.md').write_text(api_page(modidx))
+        conf = mkdocs_config(nav, out, cfg.get('title', 'kdnb'), cfg.get('description', ''), cfg.get('git_url'), root/'_proc'/'mkdocs-jupyter-cache')
+        (stage/'mkdocs.yml').write_text(yaml.safe_dump(conf, sort_keys=False)); (stage/'hooks.py').write_text(HOOKS)
+        print(f"rendering with MkDocs Material into {out}...", flush=True)
+        build(load_config(str(stage/'mkdocs.yml')))
     shutil.copytree(Path(jupyter_server_mathjax.__file__).parent/'static', out/'assets'/'mathjax', dirs_exist_ok=True)
     pages = sorted(p.relative_to(out) for p in out.glob('*.html'))
     res = dict(out=out, pages=len(pages), executed=len(ex['executed']), reused=len(ex['reused']), unexecuted=ex['unexecuted'],

@@ -82,3 +82,26 @@ def test_precomputed_logits_only_for_logit_methods(kdnb_cli, tmp_path, small_tea
     r = kdnb_cli('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8', '--method', 'AT',
                  '--teacher-logits', 'precomputed', '--epochs', '1', '--out', tmp_path/'at')
     one_line_error(r, 'AT cannot use pre-computed teacher logits')
+
+def readme_method_example() -> str:
+    "The code of README's 'Add a method' section."
+    readme = (Path(__file__).parents[1]/'README.md').read_text()
+    section = readme.split('## Add a method', 1)[1]
+    return section.split('```python\n', 1)[1].split('```', 1)[0]
+
+def test_method_plugin_from_readme(kdnb_cli, tmp_path, small_teacher):
+    "README's example method, installed as a plugin (an entry point in group kdnb.methods), works from the command line."
+    site = tmp_path/'site'; site.mkdir()
+    (site/'mykd.py').write_text(readme_method_example())
+    info = site/'mykd-0.1.dist-info'; info.mkdir()
+    (info/'METADATA').write_text('Metadata-Version: 2.1\nName: mykd\nVersion: 0.1\n')
+    (info/'entry_points.txt').write_text('[kdnb.methods]\nmykd = mykd\n')
+    env = {'PYTHONPATH': str(site)}
+    assert '\nMyKD ' in '\n' + kdnb_cli('methods', env=env, check=True).stdout
+    kdnb_cli('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8', '--method', 'mykd',
+             '--T', '3', '--epochs', '1', '--out', tmp_path/'run', '--no-progress', env=env, check=True)
+    res = json.loads((tmp_path/'run'/'results.json').read_text())
+    assert res['config']['method'] == 'MyKD' and res['config']['hparams'] == {'alpha': 0.5, 'T': 3.0}
+    assert {'ce', 'kd'} <= set((tmp_path/'run'/'history.csv').read_text().splitlines()[0].split(','))
+    one_line_error(kdnb_cli('distill', '--teacher', 'ResNet-8', '--student', 'ResNet-8', '--method', 'MyKD', '--out', tmp_path/'x'),
+                   "unknown method 'MyKD'")  # without the plugin installed

@@ -4,8 +4,6 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_kdnb
 
-pytestmark = pytest.mark.xdist_group('docs')  # one site build, on one pytest-xdist worker (make test uses --dist loadgroup)
-
 CHROMIUM, CHROMEDRIVER = Path('/usr/bin/chromium'), Path('/usr/bin/chromedriver')
 TUTORIAL = '32_dataset_inspection.ipynb'  # the tutorial executed here: a dozen seconds on a CPU
 
@@ -65,6 +63,14 @@ def test_site_makes_no_outside_requests(site):
     outside = {f.name: re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?://[^"]+)"', f.read_text()) for f in site.glob('*.html')}
     assert not {k: v for k, v in outside.items() if v}
 
+def test_search_index_holds_prose_not_code(site):
+    "Search results show prose, headings, show_doc entries and outputs; code inputs and their copy buttons are left out."
+    import json
+    docs = json.loads((site/'search'/'search_index.json').read_text())['docs']
+    text = ' '.join(d['title'] + ' ' + d['text'] for d in docs)
+    assert 'test_eq(' not in text and 'In [' not in text and 'Out[' not in text  # code cells and their prompts
+    assert any(d['location'].startswith('losses.html#kd_loss') for d in docs) and 'dark knowledge' in text
+
 def test_index(browser):
     art = _open(browser, 'index.html')
     assert 'kdnb' in browser.title
@@ -100,3 +106,34 @@ def test_search_finds_attention(browser):
     links = [a.get_attribute('href') for a in browser.find_elements('css selector', '.md-search-result__item a')]
     assert any('attention_maps.html' in l for l in links) and any('losses.html' in l for l in links), links
     browser.save_screenshot(str(browser.shots/'search_attention.png'))
+
+QUARTO_STUB = '''#!/usr/bin/env python3
+"Stands in for Quarto: logs its arguments; `render` writes an index listing the notebooks it was given."
+import json, os, pathlib, sys
+args = sys.argv[1:]
+with open(os.environ['QUARTO_STUB_LOG'], 'a') as f: f.write(json.dumps([os.getcwd(), *args]) + '\\n')
+if args[:1] == ['render']:
+    out = pathlib.Path(args[args.index('--output-dir') + 1]); out.mkdir(parents=True, exist_ok=True)
+    (out/'index.html').write_text('\\n'.join(sorted(p.name for p in pathlib.Path.cwd().glob('*.ipynb'))))
+'''
+
+def test_nbdev_docs_with_quarto(tmp_path):
+    "`nbdev-docs` runs its whole pipeline on our config and notebooks, up to handing `_proc/` to Quarto (a stub here: Quarto cannot be installed)."
+    import json, sys
+    proj = tmp_path/'kdnb'
+    for p in ('nbs', 'kdnb'): shutil.copytree(ROOT/p, proj/p, ignore=shutil.ignore_patterns('_quarto.yml', 'nbdev.yml', 'sidebar.yml', '__pycache__'))
+    for p in ('pyproject.toml', 'README.md'): shutil.copy(ROOT/p, proj/p)
+    (tmp_path/'bin').mkdir(); quarto = tmp_path/'bin'/'quarto'
+    quarto.write_text(QUARTO_STUB); quarto.chmod(0o755)
+    log = tmp_path/'quarto.log'
+    env = {**os.environ, 'PATH': f"{tmp_path/'bin'}:{os.environ['PATH']}", 'QUARTO_STUB_LOG': str(log)}
+    r = subprocess.run([str(Path(sys.executable).parent/'nbdev-docs'), '--n-workers', '1', '--file-glob', '08_losses.ipynb'],
+                       cwd=proj, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    calls = [json.loads(l) for l in log.read_text().splitlines()]
+    assert [c[1] for c in calls] == ['render'] and Path(calls[0][0]) == proj/'_proc', calls
+    assert (proj/'_docs'/'index.html').read_text().split() == ['08_losses.ipynb']
+    nbdev_yml = (proj/'nbs'/'nbdev.yml').read_text()
+    assert 'output-dir: _docs' in nbdev_yml and 'title: "kdnb"' in nbdev_yml
+    processed = (proj/'_proc'/'08_losses.ipynb').read_text()
+    assert '### kd_loss' in processed and '### dist_loss' in processed  # show_doc entries added by nbdev

@@ -12,3 +12,26 @@ def test_nbdev_export_leaves_no_diff(tmp_path):
     cmp = filecmp.dircmp(ROOT/'kdnb', tmp_path/'kdnb', ignore=['__pycache__', 'assets'])
     def diffs(c): return c.diff_files + c.left_only + c.right_only + [d for s in c.subdirs.values() for d in diffs(s)]
     assert not diffs(cmp), f"nbdev-export changes {diffs(cmp)}: edit the notebooks, not kdnb/, then run nbdev-export"
+
+def test_no_cell_mixes_imports_and_code():
+    "For a notebook that exports, nbdev runs every cell with an import while processing docs (for `show_doc`): a test cell that also imports would run there too."
+    import ast, json
+    mixed = []
+    for nb in sorted((ROOT/'nbs').glob('*.ipynb')):
+        cells = json.loads(nb.read_text())['cells']
+        if not any(''.join(c['source']).startswith('#| export') for c in cells): continue  # tutorials: nbdev executes nothing
+        for i, cell in enumerate(cells):
+            if cell['cell_type'] != 'code': continue
+            src = ''.join(cell['source'])
+            if src.startswith('#| export') or '#| eval: false' in src: continue
+            try: body = ast.parse(src).body
+            except SyntaxError: continue  # magics: nbdev skips them too
+            kinds = {type(n) for n in body}
+            if kinds & {ast.Import, ast.ImportFrom} and kinds & {ast.Expr, ast.Assign}: mixed.append(f"{nb.name} cell {i}")
+    assert not mixed, f"move these imports to the notebook's import cell: {mixed}"
+
+def test_readme_is_the_index_notebook():
+    "README.md and nbs/index.ipynb (the docs site's home page) say the same; nbdev's README renderer needs Quarto, so we keep them in step by hand."
+    import json
+    cells = [''.join(c['source']) for c in json.loads((ROOT/'nbs'/'index.ipynb').read_text())['cells']]
+    assert '\n\n'.join(cells).strip() == (ROOT/'README.md').read_text().strip(), "edit README.md and nbs/index.ipynb together"

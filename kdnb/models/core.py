@@ -93,7 +93,7 @@ def feature_spec(model:nn.Module) -> FeatureSpec:
                     "pass a FeatureSpec(stem=..., stages=[...], pool=..., classifier=...) naming its modules")
 
 # %% ../../nbs/02_models.core.ipynb #1d597920
-MODELS = Registry('model')
+MODELS = Registry('model', group='kdnb.models')
 _FAMILIES = ['wrn', 'resnet', 'mobilenetv2', 'ghostnet']
 
 def _load_zoo():
