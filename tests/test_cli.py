@@ -10,25 +10,26 @@ def one_line_error(r, *needles):
     assert len(lines) == 1 and lines[0].startswith('kdnb: error: '), r.stderr
     for n in needles: assert n in lines[0], lines[0]
 
-def test_listings(kdnb_cli):
-    out = kdnb_cli('models', check=True).stdout
+def test_listings(kdnb_main):
+    out = kdnb_main('models', check=True).stdout
     for name in ['WRN-16-1', 'WRN-40-4', 'ResNet-8', 'ResNet-110', 'ResNet-18', 'ResNet-50', 'MobileNetV2', 'MobileNetV2-x0.5', 'GhostNet']:
         assert name in out
     assert '8.97M' in out and '11.22M' in out
-    methods = kdnb_cli('methods', check=True).stdout
+    methods = kdnb_main('methods', check=True).stdout
     for m in ['KD', 'FitNet', 'AT', 'DML', 'DIST', 'SRD', 'SRDwithDIST', 'SRDwithKL', 'SRDwithPMSE']: assert f'\n{m} ' in '\n' + methods
-    assert 'CIFAR-100' in kdnb_cli('datasets', check=True).stdout
+    assert 'CIFAR-100' in kdnb_main('datasets', check=True).stdout
 
-def test_unknown_names(kdnb_cli, tmp_path):
+def test_unknown_names(kdnb_cli, kdnb_main, tmp_path):
+    "The installed command prints one line and exits 2; the other cases run its code in-process."
     one_line_error(kdnb_cli('train', '--model', 'WRN-99-9', '--out', tmp_path/'a'), "unknown model 'WRN-99-9'", 'WRN-40-4')
-    one_line_error(kdnb_cli('train', '--model', 'WRN-16-1', '--dataset', 'mnist', '--out', tmp_path/'b'), "unknown dataset 'mnist'", 'CIFAR-100')
-    one_line_error(kdnb_cli('distill', '--teacher', 'WRN-16-2', '--student', 'WRN-16-1', '--method', 'CRD', '--out', tmp_path/'c'),
+    one_line_error(kdnb_main('train', '--model', 'WRN-16-1', '--dataset', 'mnist', '--out', tmp_path/'b'), "unknown dataset 'mnist'", 'CIFAR-100')
+    one_line_error(kdnb_main('distill', '--teacher', 'WRN-16-2', '--student', 'WRN-16-1', '--method', 'CRD', '--out', tmp_path/'c'),
                    "unknown method 'CRD'", 'SRDwithDIST')
-    one_line_error(kdnb_cli('distill', '--teacher', 'WRN-16-2', '--student', 'WRN-16-1', '--method', 'KD', '--tau', '2', '--out', tmp_path/'d'),
+    one_line_error(kdnb_main('distill', '--teacher', 'WRN-16-2', '--student', 'WRN-16-1', '--method', 'KD', '--tau', '2', '--out', tmp_path/'d'),
                    "has no hyper-parameter 'tau'")
 
-def test_missing_cifar100_without_network(kdnb_cli, tmp_path):
-    one_line_error(kdnb_cli('train', '--model', 'ResNet-8', '--dataset', 'CIFAR-100', '--data-root', tmp_path, '--out', tmp_path/'r'),
+def test_missing_cifar100_without_network(kdnb_main, tmp_path):
+    one_line_error(kdnb_main('train', '--model', 'ResNet-8', '--dataset', 'CIFAR-100', '--data-root', tmp_path, '--out', tmp_path/'r'),
                    'CIFAR-100'.lower().replace('-', ''), '--download')
 
 def test_train_on_official_cifar100_layout(kdnb_cli, tmp_path):
@@ -47,20 +48,20 @@ def small_teacher(tmp_path_factory):
     run_kdnb('train', '--model', 'ResNet-8', '--epochs', '1', '--out', out, '--no-progress', check=True)
     return out
 
-def test_bad_teacher_checkpoints(kdnb_cli, tmp_path, small_teacher):
+def test_bad_teacher_checkpoints(kdnb_main, tmp_path, small_teacher):
     ck = small_teacher/'last.pt'
     base = ['distill', '--student', 'WRN-16-1', '--method', 'KD', '--epochs', '1', '--no-progress']
-    one_line_error(kdnb_cli(*base, '--teacher', 'WRN-16-2', '--teacher-ckpt', ck, '--out', tmp_path/'a'), 'ResNet-8', 'do not fit')
-    one_line_error(kdnb_cli(*base, '--teacher', 'ResNet-8', '--teacher-ckpt', ck, '--dataset', 'CIFAR-100', '--out', tmp_path/'b',
+    one_line_error(kdnb_main(*base, '--teacher', 'WRN-16-2', '--teacher-ckpt', ck, '--out', tmp_path/'a'), 'ResNet-8', 'do not fit')
+    one_line_error(kdnb_main(*base, '--teacher', 'ResNet-8', '--teacher-ckpt', ck, '--dataset', 'CIFAR-100', '--out', tmp_path/'b',
                             '--data-root', write_fake_cifar100(tmp_path/'d', 64, 16).parent, '--bs', '16'), 'with 10 classes', 'has 100')
     bad = tmp_path/'trunc.pt'; bad.write_bytes(ck.read_bytes()[:2000])
-    one_line_error(kdnb_cli(*base, '--teacher', 'ResNet-8', '--teacher-ckpt', bad, '--out', tmp_path/'c'), 'corrupt or truncated')
+    one_line_error(kdnb_main(*base, '--teacher', 'ResNet-8', '--teacher-ckpt', bad, '--out', tmp_path/'c'), 'corrupt or truncated')
     for d in 'abc': assert not (tmp_path/d/'last.pt').exists()  # nothing trained
 
-def test_out_dir_of_another_run_is_untouched(kdnb_cli, tmp_path, small_teacher):
+def test_out_dir_of_another_run_is_untouched(kdnb_main, tmp_path, small_teacher):
     before = {p.name: p.read_bytes() for p in small_teacher.iterdir() if p.is_file()}
-    one_line_error(kdnb_cli('train', '--model', 'ResNet-14', '--epochs', '1', '--out', small_teacher), 'holds another run', 'new --out')
-    one_line_error(kdnb_cli('train', '--model', 'ResNet-8', '--epochs', '1', '--out', small_teacher), 'pass --resume')
+    one_line_error(kdnb_main('train', '--model', 'ResNet-14', '--epochs', '1', '--out', small_teacher), 'holds another run', 'new --out')
+    one_line_error(kdnb_main('train', '--model', 'ResNet-8', '--epochs', '1', '--out', small_teacher), 'pass --resume')
     assert {p.name: p.read_bytes() for p in small_teacher.iterdir() if p.is_file()} == before
 
 def test_distill_from_checkpoint(kdnb_cli, tmp_path, small_teacher):
@@ -78,8 +79,8 @@ def test_fitnet_two_stage(kdnb_cli, tmp_path, small_teacher):
     assert hint['config']['stage'] == 'hint' and 'hint' in (tmp_path/'fit'/'hint'/'history.csv').read_text().splitlines()[0]
     assert json.loads((tmp_path/'fit'/'results.json').read_text())['config']['hparams']['hint_epochs'] == 1
 
-def test_precomputed_logits_only_for_logit_methods(kdnb_cli, tmp_path, small_teacher):
-    r = kdnb_cli('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8', '--method', 'AT',
+def test_precomputed_logits_only_for_logit_methods(kdnb_main, tmp_path, small_teacher):
+    r = kdnb_main('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8', '--method', 'AT',
                  '--teacher-logits', 'precomputed', '--epochs', '1', '--out', tmp_path/'at')
     one_line_error(r, 'AT cannot use pre-computed teacher logits')
 
@@ -89,7 +90,7 @@ def readme_method_example() -> str:
     section = readme.split('## Add a method', 1)[1]
     return section.split('```python\n', 1)[1].split('```', 1)[0]
 
-def test_method_plugin_from_readme(kdnb_cli, tmp_path, small_teacher):
+def test_method_plugin_from_readme(kdnb_cli, kdnb_main, tmp_path, small_teacher):
     "README's example method, installed as a plugin (an entry point in group kdnb.methods), works from the command line."
     site = tmp_path/'site'; site.mkdir()
     (site/'mykd.py').write_text(readme_method_example())
@@ -103,5 +104,5 @@ def test_method_plugin_from_readme(kdnb_cli, tmp_path, small_teacher):
     res = json.loads((tmp_path/'run'/'results.json').read_text())
     assert res['config']['method'] == 'MyKD' and res['config']['hparams'] == {'alpha': 0.5, 'T': 3.0}
     assert {'ce', 'kd'} <= set((tmp_path/'run'/'history.csv').read_text().splitlines()[0].split(','))
-    one_line_error(kdnb_cli('distill', '--teacher', 'ResNet-8', '--student', 'ResNet-8', '--method', 'MyKD', '--out', tmp_path/'x'),
+    one_line_error(kdnb_main('distill', '--teacher', 'ResNet-8', '--student', 'ResNet-8', '--method', 'MyKD', '--out', tmp_path/'x'),
                    "unknown method 'MyKD'")  # without the plugin installed

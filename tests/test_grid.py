@@ -3,7 +3,7 @@ import json, os, signal, socket, subprocess, sys, time
 from collections import Counter
 from pathlib import Path
 import pytest
-from conftest import run_kdnb, KDNB, ROOT
+from conftest import run_kdnb, run_main, KDNB, ROOT
 from test_cli import one_line_error
 
 SMOKE = ROOT/'grids'/'smoke.yaml'
@@ -54,7 +54,7 @@ def test_smoke_grid_end_to_end(tmp_path):
     assert before == {p: p.stat().st_mtime for p in before}
 
 def test_dry_run_lists_cifar100_grid(tmp_path):
-    r = run_kdnb('grid', 'run', ROOT/'grids'/'cifar100.yaml', '--out', tmp_path/'g', '--dry-run', check=True)
+    r = run_main('grid', 'run', ROOT/'grids'/'cifar100.yaml', '--out', tmp_path/'g', '--dry-run', check=True)
     assert '65 cells (12 from scratch, 53 distillation)' in r.stdout
     assert not (tmp_path/'g').exists()  # a dry run writes nothing
     lines = r.stdout.splitlines()
@@ -119,14 +119,14 @@ BAD = {
 @pytest.mark.parametrize('text', list(BAD))
 def test_bad_spec_rejected_before_running(text, tmp_path):
     f = tmp_path/'bad.yaml'; f.write_text(text)
-    one_line_error(run_kdnb('grid', 'run', f, '--out', tmp_path/'g'), str(f), *BAD[text])
+    one_line_error(run_main('grid', 'run', f, '--out', tmp_path/'g'), str(f), *BAD[text])
     assert not (tmp_path/'g').exists()
 
 def test_missing_dataset_and_bad_dirs(tmp_path):
-    one_line_error(run_kdnb('grid', 'run', ROOT/'grids'/'cifar100.yaml', '--out', tmp_path/'g', '--data-root', tmp_path),
+    one_line_error(run_main('grid', 'run', ROOT/'grids'/'cifar100.yaml', '--out', tmp_path/'g', '--data-root', tmp_path),
                    'cifar100', 'download')
     assert not (tmp_path/'g').exists()
-    one_line_error(run_kdnb('grid', 'run', ROOT/'grids'/'cifar100.yaml', '--out', tmp_path/'g'), '--data-root')
-    one_line_error(run_kdnb('grid', 'run', tmp_path/'nope.yaml', '--out', tmp_path/'g'), 'no such grid spec')
-    one_line_error(run_kdnb('grid', 'table', tmp_path), 'has no grid.yaml')
-    one_line_error(run_kdnb('grid', 'run', SMOKE, '--out', tmp_path/'g', '--backend', 'ray'), '--address')
+    one_line_error(run_main('grid', 'run', ROOT/'grids'/'cifar100.yaml', '--out', tmp_path/'g'), '--data-root')
+    one_line_error(run_main('grid', 'run', tmp_path/'nope.yaml', '--out', tmp_path/'g'), 'no such grid spec')
+    one_line_error(run_main('grid', 'table', tmp_path), 'has no grid.yaml')
+    one_line_error(run_main('grid', 'run', SMOKE, '--out', tmp_path/'g', '--backend', 'ray'), '--address')
