@@ -3,6 +3,7 @@ import json, pickle
 from pathlib import Path
 import pytest, torch
 from kdnb.data import write_fake_cifar100
+from conftest import ROOT
 
 def one_line_error(r, *needles):
     assert r.returncode == 2, (r.stdout, r.stderr)
@@ -86,7 +87,7 @@ def test_precomputed_logits_only_for_logit_methods(kdnb_main, tmp_path, small_te
 
 def readme_method_example() -> str:
     "The code of README's 'Add a method' section."
-    readme = (Path(__file__).parents[1]/'README.md').read_text()
+    readme = (ROOT/'README.md').read_text()
     section = readme.split('## Add a method', 1)[1]
     return section.split('```python\n', 1)[1].split('```', 1)[0]
 
