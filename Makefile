@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test install export docs
+.PHONY: demo test install export docs gpu-wheels gpu-check
 $(BIN)/kdnb: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -30,3 +30,12 @@ export: install
 
 docs: install
 	$(BIN)/kdnb docs --out _docs
+
+# The GPU check (README, "GPU"): `make gpu-wheels` here downloads, at .venv's versions, the wheels a GPU machine with
+# PyTorch but no fastai lacks (.ci/gpu-packages.txt) into .whl/; carry .whl/ there and run `make gpu-check REPORT=DIR`.
+REPORT ?= gpu-report
+gpu-wheels: install
+	PATH=$(abspath $(BIN)):$$PATH ../shared/tools/gpu-wheels .whl $$(grep -v '^#' .ci/gpu-packages.txt)
+
+gpu-check:
+	bash .ci/gpu-check $(REPORT)

@@ -12,7 +12,7 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from fastai.callback.core import Callback, CancelFitException
 from fastai.torch_core import default_device
-from .core import KdnbError
+from .core import KdnbError, check_number, check_device
 from .data import ImageArrayDataset, WithIndex, cifar_transforms, indexed_dataloaders, CIFAR100_STATS
 from .models.core import create_model
 from .losses import kd_loss
@@ -20,7 +20,7 @@ from .train import Recipe
 from .fast import parse_speed, prepare_models, array_dataloaders, load_or_build_cache
 
 # %% auto #0
-__all__ = ['BF16_PEAK_TFLOPS', 'bf16_peak_tflops', 'forward_flops', 'reference_loop', 'StepTimer', 'kdnb_step_rate', 'variants',
+__all__ = ['BF16_PEAK_TFLOPS', 'bf16_peak_tflops', 'forward_flops', 'ReferenceLoop', 'StepTimer', 'KdnbLoop', 'variants',
            'parse_pair', 'run_bench', 'accuracy_check']
 
 # %% ../nbs/15_bench.ipynb #c1c330bf
@@ -41,25 +41,29 @@ def forward_flops(model:nn.Module, size:int=32) -> float:
 def _sync(device):
     if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
 
-def reference_loop(teacher, student, ds:ImageArrayDataset, steps:int, warmup:int=5, bs:int=64, device='cpu', workers:int=4) -> float:
-    "img/s of a plain PyTorch KD loop (fp32, DataLoader workers, batch `bs`)."
-    ds = ds.with_transform(cifar_transforms(CIFAR100_STATS, True))
-    dl = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=workers,
-                                     pin_memory=torch.device(device).type == 'cuda', persistent_workers=workers > 0)
-    teacher, student = teacher.to(device).eval(), student.to(device).train()
-    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    it, t0 = iter(dl), None
-    for i in range(warmup + steps):
-        if i == warmup: _sync(device); t0 = time.perf_counter()
-        try: x, y = next(it)
-        except StopIteration: it = iter(dl); x, y = next(it)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.no_grad(): t = teacher(x)
-        s = student(x)
+class ReferenceLoop:
+    "A plain PyTorch KD loop (fp32, DataLoader workers, batch `bs`); `time(n)` runs `n` steps and returns their seconds."
+    def __init__(self, teacher, student, ds:ImageArrayDataset, bs:int=64, device='cpu', workers:int=4):
+        ds = ds.with_transform(cifar_transforms(CIFAR100_STATS, True))
+        self.dl = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=workers,
+                                              pin_memory=torch.device(device).type == 'cuda', persistent_workers=workers > 0)
+        self.teacher, self.student, self.device = teacher.to(device).eval(), student.to(device).train(), device
+        self.opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        self.it = iter(self.dl)
+    def step(self):
+        try: x, y = next(self.it)
+        except StopIteration: self.it = iter(self.dl); x, y = next(self.it)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with torch.no_grad(): t = self.teacher(x)
+        s = self.student(x)
         loss = 0.1 * F.cross_entropy(s, y) + 0.9 * kd_loss(s, t, 4.)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-    _sync(device)
-    return steps * bs / (time.perf_counter() - t0)
+        self.opt.zero_grad(set_to_none=True); loss.backward(); self.opt.step()
+    def time(self, n:int) -> float:
+        for _ in range(2): self.step()
+        _sync(self.device); t0 = time.perf_counter()
+        for _ in range(n): self.step()
+        _sync(self.device)
+        return time.perf_counter() - t0
 
 # %% ../nbs/15_bench.ipynb #f79fb9fe
 class StepTimer(Callback):
@@ -74,42 +78,46 @@ class StepTimer(Callback):
             _sync(self.device); self.seconds = time.perf_counter() - self.t0
             raise CancelFitException()
 
-def kdnb_step_rate(teacher_name, student_name, ds:ImageArrayDataset, speed:str, steps:int, warmup:int=5, bs:int=64, device='cpu',
-                   workers:int=4, cache_images:int|None=None) -> tuple[float, float|None]:
-    "img/s of kdnb's KD distiller with `speed` (and the teacher cache's build time, if used)."
-    from kdnb.distill import distill_learner, create_method
-    sp = parse_speed(speed, device)
-    nc = int(ds.labels.max()) + 1
-    torch.manual_seed(0)
-    teacher, student = create_model(teacher_name, nc), create_model(student_name, nc)
-    n = len(ds) if not sp.teacher_cache else min(len(ds), cache_images or len(ds))
-    sub = ImageArrayDataset(ds.images[:n], ds.labels[:n], ds.classes)
-    if sp.device_data: dls = array_dataloaders(sub, sub, CIFAR100_STATS, bs, device, bs, channels_last=sp.channels_last, num_classes=nc)
-    else:
-        tr = WithIndex(sub.with_transform(cifar_transforms(CIFAR100_STATS, True)))
-        dls = indexed_dataloaders(tr, WithIndex(sub.with_transform(cifar_transforms(CIFAR100_STATS, False))), nc, bs, workers, device)
-    cache, build_s = None, None
-    if sp.teacher_cache:
-        ckpt = Path(tempfile.mkdtemp())/'teacher.pt'; torch.save(teacher.state_dict(), ckpt)
-        _sync(device); t0 = time.perf_counter()
-        cache = load_or_build_cache(teacher, ckpt, dls.train, bf16=sp.bf16)
-        _sync(device); build_s = time.perf_counter() - t0
-    prepare_models(sp, student, teacher)
-    learn, lr = distill_learner(dls, student, teacher, create_method('KD'), Recipe(epochs=1000, milestones=(1000,)), tempfile.mkdtemp(),
-                                speed=sp, cache=cache)
-    timer = StepTimer(warmup, steps, device)
-    epochs = -(-(warmup + steps) // len(dls.train)) + 1
-    with learn.no_bar(), learn.no_logging(): learn.fit(epochs, lr=lr, cbs=[timer])
-    if timer.seconds is None: raise KdnbError("the benchmark stopped before its timed steps; use more --images or fewer --steps")
-    return steps * bs / timer.seconds, build_s
+class KdnbLoop:
+    "kdnb's KD distiller with `speed` in `precision`; `time(n)` runs `n` steps and returns their seconds (`build_s`: the teacher cache's build time)."
+    def __init__(self, teacher_name, student_name, ds:ImageArrayDataset, speed:str, precision:str='fp32', bs:int=64, device='cpu',
+                 workers:int=4, cache_images:int|None=None):
+        from kdnb.distill import distill_learner, create_method
+        sp, self.device, self.build_s = parse_speed(speed, device, precision), device, None
+        nc = int(ds.labels.max()) + 1
+        torch.manual_seed(0)
+        teacher, student = create_model(teacher_name, nc), create_model(student_name, nc)
+        n = len(ds) if not sp.teacher_cache else min(len(ds), cache_images or len(ds))
+        sub = ImageArrayDataset(ds.images[:n], ds.labels[:n], ds.classes)
+        if sp.device_data: dls = array_dataloaders(sub, sub, CIFAR100_STATS, bs, device, bs, channels_last=sp.channels_last, num_classes=nc)
+        else:
+            tr = WithIndex(sub.with_transform(cifar_transforms(CIFAR100_STATS, True)))
+            dls = indexed_dataloaders(tr, WithIndex(sub.with_transform(cifar_transforms(CIFAR100_STATS, False))), nc, bs, workers, device)
+        cache = None
+        if sp.teacher_cache:
+            ckpt = Path(tempfile.mkdtemp())/'teacher.pt'; torch.save(teacher.state_dict(), ckpt)
+            _sync(device); t0 = time.perf_counter()
+            cache = load_or_build_cache(teacher, ckpt, dls.train, bf16=sp.bf16)
+            _sync(device); self.build_s = time.perf_counter() - t0
+        prepare_models(sp, student, teacher)
+        self.learn, self.lr = distill_learner(dls, student, teacher, create_method('KD'), Recipe(epochs=1000, milestones=(1000,)),
+                                              tempfile.mkdtemp(), speed=sp, cache=cache)
+        self.batches = len(dls.train)
+    def time(self, n:int) -> float:
+        timer = StepTimer(2, n, self.device)
+        with self.learn.no_bar(), self.learn.no_logging(): self.learn.fit(-(-(n + 2) // self.batches) + 1, lr=self.lr, cbs=[timer])
+        if timer.seconds is None: raise KdnbError("the benchmark stopped before its timed steps; use more --images or fewer --steps")
+        return timer.seconds
 
 # %% ../nbs/15_bench.ipynb #282d0ba3
-def variants(device) -> list[tuple[str, str]]:
-    "(label, speed) of the kdnb variants timed on `device`."
-    v = [('kdnb, all options off', 'off'), ('+ device data', 'off,device_data'), ('+ bf16 + channels_last (fast)', 'fast'),
-         ('+ torch.compile', 'fast,compile'), ('+ compile + teacher cache', 'fast,compile,teacher_cache')]
-    if torch.device(device).type != 'cuda':  # CPU: no bf16; inductor's C++ compile takes minutes; keep the check quick
-        v = [('kdnb, all options off', 'off'), ('+ device data + channels_last (fast on CPU)', 'fast'), ('+ teacher cache', 'fast,teacher_cache')]
+def variants(device) -> list[tuple[str, str, str]]:
+    "(label, speed, precision) of the kdnb variants timed on `device`."
+    v = [('kdnb, all options off', 'off', 'fp32'), ('+ device data', 'off,device_data', 'fp32'),
+         ('+ channels_last + cuDNN autotune (fast, fp32)', 'fast', 'fp32'), ('+ bf16', 'fast', 'bf16'),
+         ('+ torch.compile', 'fast,compile', 'bf16'), ('+ compile + teacher cache', 'fast,compile,teacher_cache', 'bf16')]
+    if torch.device(device).type != 'cuda':  # inductor's C++ compile takes minutes on a CPU, and bf16 is slower there: keep the check quick
+        v = [('kdnb, all options off', 'off', 'fp32'), ('+ device data + channels_last (fast on CPU)', 'fast', 'fp32'),
+             ('+ teacher cache', 'fast,teacher_cache', 'fp32')]
     return v
 
 def parse_pair(pair:str) -> tuple[str, str]:
@@ -120,41 +128,55 @@ def parse_pair(pair:str) -> tuple[str, str]:
     return tuple(MODELS.canonical(p.strip()) for p in parts)
 
 def run_bench(device=None, pair:str|None=None, steps:int|None=None, warmup:int=5, bs:int=64, workers:int=4, images:int|None=None,
-              only:list|None=None, check_accuracy:bool=False, print_=print) -> dict:
-    "Time the reference loop and kdnb's variants side by side; print the table; return {label: img/s}."
+              only:list|None=None, check_accuracy:bool=False, rounds:int|None=None, cache_images:int|None=None, print_=print) -> dict:
+    "Time the reference loop and kdnb's variants in interleaved rounds; print the medians; return {label: [img/s per round]}."
+    check_device(device)
     device = torch.device(device or default_device())
     cuda = device.type == 'cuda'
     t_name, s_name = parse_pair(pair or ('WRN-40-4:WRN-16-4' if cuda else 'WRN-16-2:WRN-16-1'))
-    steps = steps or (200 if cuda else 20)
-    images = images or (50000 if cuda else 2048)
+    steps = (200 if cuda else 20) if steps is None else check_number('steps', steps, minimum=1, integer=True)  # 0 is a value, refused
+    images = (50000 if cuda else 2048) if images is None else check_number('images', images, minimum=1, integer=True)
+    rounds = (5 if cuda else 3) if rounds is None else check_number('rounds', rounds, minimum=1, integer=True)
+    cache_images = (10000 if cuda else 256) if cache_images is None else check_number('cache_images', cache_images, minimum=1, integer=True)
+    for k, v, lo in (('warmup', warmup, 0), ('bs', bs, 1), ('workers', workers, 0)): check_number(k, v, minimum=lo, integer=True)
     rng = np.random.default_rng(0)
     ds = ImageArrayDataset(rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, images), [str(i) for i in range(100)])
     tf, sf = forward_flops(create_model(t_name)), forward_flops(create_model(s_name))
-    work = tf + 3 * sf
-    peak = bf16_peak_tflops(device)
+    work, peak = tf + 3 * sf, bf16_peak_tflops(device)
     print_(f"kdnb bench: {t_name} -> {s_name} KD, batch {bs}, {device}" + (f" ({torch.cuda.get_device_name(device)})" if cuda else f" ({torch.get_num_threads()} threads)") +
-           f", synthetic CIFAR-shaped data ({images} images), {warmup} warm-up + {steps} timed steps per variant")
+           f", synthetic CIFAR-shaped data ({images} images), {warmup} warm-up steps, then {rounds} interleaved rounds of {steps} timed steps per variant")
     print_(f"work per image: teacher forward {tf / 1e9:.3f} + student forward/backward {3 * sf / 1e9:.3f} = {work / 1e9:.3f} GFLOP; "
            f"bf16 peak: {f'{peak:.0f} TFLOP/s' if peak else 'n/a'}")
-    print_(f"{'variant':46s} {'img/s':>9s} {'s/epoch':>8s} {'x ref':>6s} {'% bf16 peak':>12s}")
-    rates = {}
-    def row(label, r, note=''):
-        rates[label] = r
-        ratio = r / rates['reference'] if 'reference' in rates else 1.
-        pct = f"{100 * r * work / (peak * 1e12):.1f}%" if peak else '-'
-        print_(f"{label:46s} {r:9.0f} {50000 / r:8.2f} {ratio:6.2f} {pct:>12s}{note}")
     torch.manual_seed(0)
-    row('reference', reference_loop(create_model(t_name), create_model(s_name), ds, steps, warmup, bs, device, workers))
-    for label, speed in variants(device):
+    loops, notes = {'reference': ReferenceLoop(create_model(t_name), create_model(s_name), ds, bs, device, workers)}, {}
+    for label, speed, precision in variants(device):
         if only and speed not in only: continue
-        try: r, build = kdnb_step_rate(t_name, s_name, ds, speed, steps, warmup, bs, device, workers, cache_images=None if cuda else 128)
-        except Exception as e:  # a variant that cannot run here (e.g. compile without a compiler) is reported, not fatal
+        try: loops[label] = KdnbLoop(t_name, s_name, ds, speed, precision, bs, device, workers, cache_images)
+        except Exception as e:  # a variant that cannot run (e.g. compile without a compiler) is reported, not fatal
             print_(f"{label:46s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"); continue
-        row(label, r, f"  (cache built once in {build:.1f} s)" if build else '')
-    best = max(v for k, v in rates.items() if k != 'reference')
+        if loops[label].build_s: notes[label] = f"  (cache of {min(cache_images, images)} images x 162 views, built once in {loops[label].build_s:.1f} s)"
+    rates = {k: [] for k in loops}
+    for label, loop in list(loops.items()):  # warm-up: compilation, autotuning, first allocations
+        try: loop.time(max(warmup, 1))
+        except Exception as e: print_(f"{label:46s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"); del loops[label], rates[label]
+    for _ in range(rounds):
+        for label, loop in loops.items(): rates[label].append(steps * bs / loop.time(steps))
+    _print_rates(rates, notes, work, peak, print_)
     if check_accuracy: accuracy_check(device, print_)
-    print_(f"ratio kdnb/reference: {best / rates['reference']:.2f}")
+    ratios = {k: np.array(v) / np.array(rates['reference']) for k, v in rates.items() if k != 'reference'}
+    best = max(ratios, key=lambda k: np.median(ratios[k]))
+    r = ratios[best]
+    print_(f"ratio kdnb/reference: {np.median(r):.2f} (best variant, median of {rounds} rounds; range {r.min():.2f}-{r.max():.2f})")
     return rates
+
+def _print_rates(rates:dict, notes:dict, work:float, peak:float|None, print_=print):
+    "One row per loop: median img/s, s per 50k-image epoch, median and range of its per-round ratio to the reference, % of bf16 peak."
+    print_(f"{'variant':46s} {'img/s':>9s} {'s/epoch':>8s} {'x ref':>6s} {'range':>11s} {'% bf16 peak':>12s}")
+    ref = np.array(rates['reference'])
+    for label, v in rates.items():
+        r, ratio = np.median(v), np.array(v) / ref
+        pct = f"{100 * r * work / (peak * 1e12):.1f}%" if peak else '-'
+        print_(f"{label:46s} {r:9.0f} {50000 / r:8.2f} {np.median(ratio):6.2f} {f'{ratio.min():.2f}-{ratio.max():.2f}':>11s} {pct:>12s}{notes.get(label, '')}")
 
 # %% ../nbs/15_bench.ipynb #6d69afb3
 def accuracy_check(device, print_=print, epochs:int=3):
@@ -164,7 +186,7 @@ def accuracy_check(device, print_=print, epochs:int=3):
     out = Path(tempfile.mkdtemp())
     train_model('WRN-16-2', out=out/'teacher', epochs=epochs, device=device, progress=False, speed='off')
     curves = {sp: distill_model('WRN-16-1', 'WRN-16-2', 'KD', out/'teacher'/'last.pt', out=out/sp.replace(',', '_'), epochs=epochs,
-                                device=device, progress=False, speed=sp)['history'] for sp in ('off', 'fast')}
+                                device=device, progress=False, speed=sp, precision='bf16' if sp == 'fast' else 'fp32')['history'] for sp in ('off', 'fast')}
     print_(f"accuracy check (embedded CIFAR-10 subset, KD WRN-16-2 -> WRN-16-1, {epochs} epochs): train loss / test top-1")
     for e in range(epochs):
         print_(f"  epoch {e + 1}:  plain {curves['off'][e]['train_loss']:.4f} / {curves['off'][e]['top1']:.2%}   "

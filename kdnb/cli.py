@@ -8,35 +8,62 @@ Docs: https://kdnb-team.github.io/kdnb/cli.html.md"""
 from __future__ import annotations
 import argparse, sys
 from pathlib import Path
-from .core import KdnbError
+from .core import KdnbError, atomic_write, check_number
 
 # %% auto #0
-__all__ = ['HPARAM_FLAGS', 'GRID_COMMANDS', 'COMMANDS', 'parser', 'demo', 'main']
+__all__ = ['count', 'positive', 'real', 'HPARAM_FLAGS', 'GRID_COMMANDS', 'COMMANDS', 'number', 'switch', 'parser', 'demo',
+           'plot_runs', 'main']
 
 # %% ../nbs/20_cli.ipynb #5abf6294
-HPARAM_FLAGS = {'alpha': float, 'beta': float, 'gamma': float, 'T': float, 'tau': float, 'weight': float, 'p': float, 'hint_epochs': int}
+class _Parser(argparse.ArgumentParser):
+    "An `ArgumentParser` whose usage errors are one `kdnb: error:` line (exit 2), like every other error of the command."
+    def error(self, message):
+        print(f"kdnb: error: {message} (see `{self.prog} --help`)", file=sys.stderr); sys.exit(2)
+
+def number(integer:bool=False, minimum=None, above=None):
+    "An argparse type: a finite number (an integer if `integer`) >= `minimum` and > `above`; the library checks the same again."
+    def parse(s):
+        try: v = int(s) if integer else float(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not {'an integer' if integer else 'a number'}") from None
+        try: check_number('value', v, minimum=minimum, above=above, integer=integer)
+        except KdnbError as e: raise argparse.ArgumentTypeError(str(e).removeprefix('value ')) from None
+        return v
+    return parse
+
+count, positive, real = number(True, minimum=0), number(True, minimum=1), number()
+
+def switch(s:str) -> bool:
+    "An argparse type for on/off hyper-parameters (`--logit-stand true`)."
+    v = {'true': True, 'yes': True, 'on': True, '1': True, 'false': False, 'no': False, 'off': False, '0': False}.get(s.lower())
+    if v is None: raise argparse.ArgumentTypeError(f"{s!r} is not true or false")
+    return v
+
+HPARAM_FLAGS = {'alpha': real, 'beta': real, 'gamma': real, 'T': real, 'tau': real, 'weight': real, 'p': real, 'hint_epochs': count,
+                'warmup': count, 'init_epochs': count, 'nce_k': positive, 'logit_stand': switch}
 
 def _run_args(p:argparse.ArgumentParser):
     p.add_argument('--dataset', default='cifar10-subset', help='dataset name (kdnb datasets); default: the embedded offline subset')
     p.add_argument('--data-root', type=Path, help='folder holding the dataset files (CIFAR-10/100, image folders)')
     p.add_argument('--download', action='store_true', help='let torchvision download CIFAR (needs network)')
-    p.add_argument('--epochs', type=int, help='epochs (default: the reference recipe; milestones scale with it)')
+    p.add_argument('--epochs', type=positive, help='epochs (default: the reference recipe; milestones scale with it)')
     p.add_argument('--out', type=Path, required=True, help='run directory (config, history.csv, last.pt, results.json)')
     p.add_argument('--resume', action='store_true', help='continue the run in --out from its last checkpoint')
-    p.add_argument('--lr', type=float); p.add_argument('--bs', type=int)
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--max-items', type=int, help='use only the first N images of each split (quick checks)')
-    p.add_argument('--workers', type=int, default=0, help='DataLoader worker processes')
+    p.add_argument('--lr', type=number(above=0)); p.add_argument('--bs', type=positive)
+    p.add_argument('--seed', type=count, default=0)
+    p.add_argument('--max-items', type=positive, help='use only the first N images of each split (quick checks)')
+    p.add_argument('--workers', type=count, default=0, help='DataLoader worker processes')
     p.add_argument('--device', help='cpu, cuda, cuda:1 ... (default: a GPU if there is one)')
     p.add_argument('--speed', default='auto', help="speed options: auto (fast on a GPU), off, fast, or a list such as fast,compile,teacher_cache")
+    p.add_argument('--precision', default='fp32', choices=['fp32', 'bf16'], help="fp32 (as the reference trained) or bf16 autocast (faster on a GPU; changes results)")
+    p.add_argument('--benchmark', default='reference', choices=['reference', 'crd'], help="whose recipe: the reference's, or the CRD/DKD tables' (240 epochs, lr 0.05; 0.01 for MobileNetV2/ShuffleNet)")
     p.add_argument('--no-progress', action='store_true')
 
 def _common(a): return dict(dataset=a.dataset, data_root=a.data_root, download=a.download, epochs=a.epochs, out=a.out,
                             resume=a.resume, lr=a.lr, bs=a.bs, seed=a.seed, num_workers=a.workers, device=a.device,
-                            progress=not a.no_progress, speed=a.speed, max_items=a.max_items)
+                            progress=not a.no_progress, speed=a.speed, precision=a.precision, max_items=a.max_items, benchmark=a.benchmark)
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='kdnb', description='Knowledge distillation of image classifiers.')
+    p = _Parser(prog='kdnb', description='Knowledge distillation of image classifiers.')
     sub = p.add_subparsers(dest='cmd', required=True)
     m = sub.add_parser('models', help='list the model zoo'); m.add_argument('pattern', nargs='?', default='*')
     sub.add_parser('methods', help='list the distillation methods and their default hyper-parameters')
@@ -49,37 +76,42 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument('--teacher-logits', default='online', choices=['online', 'precomputed'])
     for k, typ in HPARAM_FLAGS.items(): d.add_argument(f'--{k.replace("_", "-")}', dest=k, type=typ)
     _run_args(d)
-    e = sub.add_parser('demo', help='train a small teacher, then distil a student with KD, on the embedded subset')
+    e = sub.add_parser('demo', help='train a small teacher, then a student alone and with KD, on the embedded subset')
     e.add_argument('--out', type=Path, default=Path('runs/demo'))
-    e.add_argument('--teacher-epochs', type=int, default=4); e.add_argument('--student-epochs', type=int, default=4)
+    # long enough for KD's gain to show over the student alone (about +2 points), short enough for about 5 minutes on 2 cores
+    e.add_argument('--teacher-epochs', type=positive, default=8); e.add_argument('--student-epochs', type=positive, default=5)
     e.add_argument('--device'); e.add_argument('--no-progress', action='store_true')
     g = sub.add_parser('grid', help='run a benchmark grid (grids/*.yaml), or tabulate its results')
     gs = g.add_subparsers(dest='grid_cmd', required=True)
     r = gs.add_parser('run', help='run every unfinished cell of a grid spec (resumable; safe to run twice at once)')
     r.add_argument('spec', type=Path, help='grid spec, e.g. grids/cifar100.yaml')
     r.add_argument('--out', type=Path, required=True, help='grid directory: one folder per cell, events.jsonl, table')
-    r.add_argument('--workers', type=int, help='cells at a time (default: one per visible GPU, else 1)')
+    r.add_argument('--workers', type=positive, help='cells at a time (default: one per visible GPU, else 1)')
     r.add_argument('--dry-run', action='store_true', help='list every cell, its settings and what it waits for; run nothing')
     r.add_argument('--backend', default='local', choices=['local', 'ray'])
     r.add_argument('--address', help='HOST:PORT of a running Ray cluster (--backend ray)')
     r.add_argument('--device', help='cpu to keep off GPUs (default: GPUs when there are any)')
     r.add_argument('--data-root', type=Path, help="folder with the datasets' files (overrides the spec's data_root)")
     r.add_argument('--notebook', type=Path, help='experiment notebook to execute per cell (default: nbs/11_experiment.ipynb)')
+    r.add_argument('--teachers', type=Path, help="folder of downloaded teachers in mdistiller's layout (NAME_vanilla/ckpt_epoch_240.pth): none is trained")
     r.add_argument('--no-progress', action='store_true')
     tb = gs.add_parser('table', help='write the benchmark table (markdown + CSV) of a grid directory')
-    tb.add_argument('out', type=Path, help='grid directory given to `kdnb grid run --out`')
+    tb.add_argument('out', type=Path, nargs='+', help='grid directory given to `kdnb grid run --out`; several: one report of all their tables')
+    tb.add_argument('--report', type=Path, default=Path('report.md'), help='with several grid directories: the combined report (.md, and .csv beside it)')
     b = sub.add_parser('bench', help='time a reference-style KD loop and kdnb with each speed option, side by side')
     b.add_argument('--device', help='cuda or cpu (default: a GPU if there is one)')
     b.add_argument('--pair', help='TEACHER:STUDENT (default: WRN-40-4:WRN-16-4 on a GPU, WRN-16-2:WRN-16-1 on a CPU)')
-    b.add_argument('--steps', type=int, help='timed steps per variant (default 200 on a GPU, 20 on a CPU)')
-    b.add_argument('--warmup', type=int, default=5); b.add_argument('--bs', type=int, default=64)
-    b.add_argument('--workers', type=int, default=4, help="the reference loop's DataLoader workers")
-    b.add_argument('--images', type=int, help='synthetic dataset size (default 50000 on a GPU, 2048 on a CPU)')
+    b.add_argument('--steps', type=positive, help='timed steps per variant and round (default 200 on a GPU, 20 on a CPU)')
+    b.add_argument('--rounds', type=positive, help='interleaved rounds; the table gives medians and ranges (default 5 on a GPU, 3 on a CPU)')
+    b.add_argument('--cache-images', type=positive, help="images in the teacher-cache variant's cache (default 10000 on a GPU, 256 on a CPU)")
+    b.add_argument('--warmup', type=count, default=5); b.add_argument('--bs', type=positive, default=64)
+    b.add_argument('--workers', type=count, default=4, help="the reference loop's DataLoader workers")
+    b.add_argument('--images', type=positive, help='synthetic dataset size (default 50000 on a GPU, 2048 on a CPU)')
     b.add_argument('--check-accuracy', action='store_true', help='also train plain and fast paths 3 epochs on the embedded subset and compare loss curves')
     o = sub.add_parser('docs', help='build the docs site (executed notebooks, API pages, search) into _docs/')
     o.add_argument('--out', type=Path, default=Path('_docs'))
     o.add_argument('--execute', default='*', metavar='GLOB', help="notebooks to execute, e.g. '3*' (default: all; the others appear without outputs)")
-    o.add_argument('--workers', type=int, default=2, help='notebooks executed at a time')
+    o.add_argument('--workers', type=positive, default=2, help='notebooks executed at a time')
     o.add_argument('--force', action='store_true', help='re-execute notebooks whose saved outputs are up to date')
     o.add_argument('--results', type=Path, help='a grid output folder whose table goes on the benchmark page')
     x = gs.add_parser('exec', help=argparse.SUPPRESS)  # one cell, in a worker process of `grid run`
@@ -88,12 +120,17 @@ def parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/20_cli.ipynb #aadc83d1
 def _models(a):
-    from kdnb.models.core import list_models, create_model, count_parameters
-    for n in list_models(a.pattern): print(f'{n:18s} {count_parameters(create_model(n)) / 1e6:6.2f}M (100 classes)')
+    from kdnb.models.core import list_models, create_model, count_parameters, peer_name, model_name, PEER_PREFIX
+    for n in list_models(a.pattern):
+        peer = peer_name(n)  # the CRD/DKD code's name, as kdnb resolves it (their MobileNetV2 only with the crd: prefix)
+        aka = next(p for p in (peer, PEER_PREFIX + peer) if model_name(p) == n) if peer else None
+        print(f'{n:18s} {count_parameters(create_model(n)) / 1e6:6.2f}M (100 classes)' + (f'   RepDistiller/mdistiller: {aka}' if aka else ''))
 
 def _methods(a):
     from kdnb.distill import list_methods, create_method
-    for n in list_methods(): print(f'{n:12s} {create_method(n).hparams()}')
+    for n in list_methods():  # every hyper-parameter with its default, the optional ones included, and the paper
+        m = create_method(n)
+        print(f'{n:12s} {m.hparams(every=True)}' + (f'   [{m.paper}]' if m.paper else ''))
 
 def _datasets(a):
     from kdnb.data import list_datasets
@@ -112,29 +149,46 @@ def _report(res, out):
     l, b = res['last'], res['best']
     print(f"top-1 {l['top1']:.2%} (last epoch {l['epoch']}), best {b['top1']:.2%} (epoch {b['epoch']}); results: {Path(out)/'results.json'}")
 
-def demo(out='runs/demo', teacher_epochs:int=4, student_epochs:int=4, device=None, progress:bool=True) -> dict:
-    "Teacher WRN-16-2 from scratch, then WRN-16-1 distilled from it with KD, on the embedded CIFAR-10 subset."
+def demo(out='runs/demo', teacher_epochs:int=8, student_epochs:int=5, device=None, progress:bool=True) -> dict:
+    "On the embedded CIFAR-10 subset: a WRN-16-2 teacher, then a WRN-16-1 student alone and with KD (same epochs, same seed)."
     from kdnb.train import train_model
     from kdnb.distill import distill_model
     out = Path(out)
     kw = dict(dataset='cifar10-subset', device=device, progress=progress, resume=True)
-    teacher = train_model('WRN-16-2', out=out/'teacher', epochs=teacher_epochs, **kw)
-    student = distill_model('WRN-16-1', 'WRN-16-2', 'KD', out/'teacher'/'last.pt', out=out/'student-kd', epochs=student_epochs, **kw)
-    print(f"\nteacher WRN-16-2 top-1 {teacher['last']['top1']:.2%}   student WRN-16-1 (KD) top-1 {student['last']['top1']:.2%}")
-    print(f"results: {out/'teacher'/'results.json'} and {out/'student-kd'/'results.json'}")
-    return dict(teacher=teacher, student=student)
+    runs = {'teacher WRN-16-2': train_model('WRN-16-2', out=out/'teacher', epochs=teacher_epochs, **kw),
+            'student WRN-16-1 alone': train_model('WRN-16-1', out=out/'student-alone', epochs=student_epochs, **kw),
+            'student WRN-16-1 with KD': distill_model('WRN-16-1', 'WRN-16-2', 'KD', out/'teacher'/'last.pt', out=out/'student-kd',
+                                                      epochs=student_epochs, **kw)}
+    print()
+    for name, r in runs.items(): print(f"{name:26s} top-1 {r['last']['top1']:.2%}")
+    print(f"KD gain over the student alone: {runs['student WRN-16-1 with KD']['last']['top1'] - runs['student WRN-16-1 alone']['last']['top1']:+.2%}")
+    print(f"results: {out}/{{teacher,student-alone,student-kd}}/results.json; curves: {plot_runs(runs, out/'curves.png')}")
+    return runs
+
+def plot_runs(runs:dict, path) -> Path:
+    "Test top-1 per epoch of each of `runs` ({label: results}) in one figure, saved as a PNG at `path`."
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6, 3.5), layout='constrained')
+    ax = fig.subplots()
+    for name, r in runs.items():
+        ax.plot([h['epoch'] + 1 for h in r['history']], [100 * h['top1'] for h in r['history']], marker='o', label=name)
+    ax.set(xlabel='epoch', ylabel='test top-1 (%)', title='Knowledge distillation on the embedded CIFAR-10 subset')
+    ax.legend()
+    with atomic_write(path, 'wb') as f: fig.savefig(f, format='png', dpi=120)
+    return Path(path)
 
 def _demo(a): demo(a.out, a.teacher_epochs, a.student_epochs, a.device, not a.no_progress)
 
 def _grid_run(a):
     from kdnb.grid import run_grid
-    outcomes = run_grid(a.spec, a.out, a.workers, a.dry_run, a.backend, a.address, a.device, a.data_root, a.notebook, not a.no_progress)
+    outcomes = run_grid(a.spec, a.out, a.workers, a.dry_run, a.backend, a.address, a.device, a.data_root, a.notebook, not a.no_progress, teachers=a.teachers)
     return 1 if any(o['status'] != 'done' for o in outcomes.values()) else 0
 
 def _grid_table(a):
-    from kdnb.results import write_table
-    md, csv = write_table(a.out)
-    print(md.read_text()); print(f"written: {md} and {csv}")
+    from kdnb.results import write_table, write_report
+    written = [write_table(out) for out in a.out]  # each grid's own table.md and table.csv
+    md, csv = written[0] if len(a.out) == 1 else write_report(a.out, a.report)
+    print(md.read_text()); print(f"written: {md} and {csv}" + (', and table.md/table.csv in each grid directory' if len(a.out) > 1 else ''))
 
 def _grid_exec(a):
     import json
@@ -145,7 +199,8 @@ def _grid_exec(a):
 
 def _bench(a):
     from kdnb.bench import run_bench
-    run_bench(a.device, a.pair, a.steps, a.warmup, a.bs, a.workers, a.images, check_accuracy=a.check_accuracy)
+    run_bench(a.device, a.pair, a.steps, a.warmup, a.bs, a.workers, a.images, check_accuracy=a.check_accuracy, rounds=a.rounds,
+              cache_images=a.cache_images)
 
 def _docs(a):
     from kdnb.docs import build_docs
@@ -162,6 +217,9 @@ def main(argv=None) -> int:
     try: return COMMANDS[a.cmd](a) or 0
     except KdnbError as e:
         print(f'kdnb: error: {e}', file=sys.stderr); return 2
+    except OSError as e:  # a file kdnb reads or writes that the system refuses (permissions, a full disk, a vanished mount...)
+        where = f" ({e.filename})" if e.filename else ''
+        print(f"kdnb: error: {e.strerror or e}{where}; check that path, its permissions and free space", file=sys.stderr); return 2
     except KeyboardInterrupt:
         how = 'run the same command again' if a.cmd == 'grid' else 'run the same command with --resume'
         print(f"kdnb: interrupted; {how} to continue", file=sys.stderr); return 130

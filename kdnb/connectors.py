@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch, torch.nn as nn
 
 # %% auto #0
-__all__ = ['Connector']
+__all__ = ['Connector', 'ConvRegressor']
 
 # %% ../nbs/09_connectors.ipynb #b808cf47
 class Connector(nn.Sequential):
@@ -22,3 +22,16 @@ class Connector(nn.Sequential):
         super().__init__(*before, *conv, *after)
         for m in self.modules():
             if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+
+# %% ../nbs/09_connectors.ipynb #f6be9383
+def ConvRegressor(student_shape, teacher_shape, relu:bool=True) -> nn.Sequential:
+    "FitNet's connector: conv (with bias) + BN (+ ReLU) from a (C_s, H_s, W_s) map to the teacher's (C_t, H_t, W_t)."
+    (cs, hs, ws), (ct, ht, wt) = student_shape[-3:], teacher_shape[-3:]
+    before, after = [], []
+    if (hs, ws) == (2 * ht, 2 * wt): conv = nn.Conv2d(cs, ct, 3, stride=2, padding=1)
+    elif (2 * hs, 2 * ws) == (ht, wt): conv = nn.ConvTranspose2d(cs, ct, 4, stride=2, padding=1)
+    else:
+        conv = nn.Conv2d(cs, ct, 1)
+        if (hs, ws) > (ht, wt): before = [nn.AdaptiveAvgPool2d((ht, wt))]
+        elif (hs, ws) != (ht, wt): after = [nn.Upsample(size=(ht, wt), mode='bilinear', align_corners=False)]
+    return nn.Sequential(*before, conv, nn.BatchNorm2d(ct), *([nn.ReLU()] if relu else []), *after)

@@ -13,7 +13,8 @@ from pathlib import Path
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
 
 # %% auto #0
-__all__ = ['KdnbError', 'Registry', 'atomic_write', 'save_json', 'load_json', 'save_torch']
+__all__ = ['KdnbError', 'Registry', 'atomic_write', 'save_json', 'load_json', 'save_torch', 'check_number', 'check_device',
+           'DirLock']
 
 # %% ../nbs/00_core.ipynb #38643ae6
 class KdnbError(Exception):
@@ -24,11 +25,15 @@ class Registry:
     "A case-insensitive name -> object table whose misses list the valid names; installed packages can add to it."
     def __init__(self, kind:str, group:str|None=None):
         self.kind, self.group, self._items, self._plugins_loaded = kind, group, {}, group is None
+        self._aliases = {}  # other spellings (another project's names) -> registered name; never listed by `names()`
     def register(self, name:str, obj=None):
         "Add `obj` under `name`; usable as a decorator when `obj` is omitted."
         if obj is None: return lambda o: self.register(name, o)
         self._items[name.lower()] = (name, obj)  # re-registering replaces, so notebook cells can be re-run
         return obj
+    def alias(self, alias:str, name:str):
+        "Let `alias` (matched case-insensitively) stand for the registered `name`."
+        self._aliases[alias.lower()] = name
     def load_plugins(self):
         "Import, once, the modules that installed packages declare under the entry-point group `group`; importing them registers their names."
         if self._plugins_loaded: return
@@ -41,6 +46,7 @@ class Registry:
                                 f"{type(e).__name__}: {e}; fix or uninstall the package that declares it") from e
     def _get(self, name:str):
         key = str(name).lower()
+        key = self._aliases.get(key, key).lower()
         if key not in self._items: self.load_plugins()  # built-in names never pay for plugins
         return self._items.get(key)
     def __getitem__(self, name:str):
@@ -50,7 +56,8 @@ class Registry:
     def canonical(self, name:str) -> str:
         "The name as it was registered (e.g. 'wrn-40-4' -> 'WRN-40-4')."
         self[name]
-        return self._items[str(name).lower()][0]
+        key = str(name).lower()
+        return self._items[self._aliases.get(key, key).lower()][0]
     def names(self) -> list[str]:
         self.load_plugins()
         return [n for n,_ in self._items.values()]
@@ -81,9 +88,54 @@ def save_json(obj, path):
 def load_json(path):
     "Read a JSON file, turning a corrupt one into a `KdnbError` that names it."
     try: return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e: raise KdnbError(f"{path} is not valid JSON ({e}); delete it to start that run again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise KdnbError(f"{path} is not valid JSON ({e}); delete it to start that run again") from None
 
 def save_torch(obj, path):
     "`torch.save` to `path`, atomically."
     import torch  # here, so that light commands (a grid worker's launcher) start without loading torch
     with atomic_write(path, 'wb') as f: torch.save(obj, f)
+
+# %% ../nbs/00_core.ipynb #077150fb
+def check_number(name:str, v, minimum=None, above=None, integer:bool=False, fix:str=''):
+    "`v` if it is a finite real number (an integer if `integer`) >= `minimum` and > `above`, else a `KdnbError` naming `name`."
+    import math, numbers
+    kind = 'an integer' if integer else 'a finite number'
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and (not integer or float(v).is_integer())
+    if ok and minimum is not None and v < minimum: kind, ok = f"{kind} >= {minimum}", False
+    elif ok and above is not None and v <= above: kind, ok = f"{kind} > {above}", False
+    elif minimum is not None: kind = f"{kind} >= {minimum}"
+    elif above is not None: kind = f"{kind} > {above}"
+    if not ok: raise KdnbError(f"{name} must be {kind}, not {v!r}" + (f"; {fix}" if fix else ''))
+    return v
+
+# %% ../nbs/00_core.ipynb #2397685a
+def check_device(device) -> None:
+    "Raise a `KdnbError` if `device` ('cpu', 'cuda', 'cuda:1', 'mps'...) is not a device torch can use on this machine; None means the default."
+    if device is None: return
+    import torch
+    try: d = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as e: raise KdnbError(f"unknown device {device!r} ({e}); use cpu, cuda or cuda:N") from None
+    if d.type == 'cuda':
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0: raise KdnbError(f"device {device!r}: this machine has no usable CUDA GPU; use --device cpu or leave --device out")
+        if d.index is not None and d.index >= n: raise KdnbError(f"device {device!r}: this machine has {n} GPU{'s' * (n > 1)} (cuda:0..cuda:{n - 1})")
+    elif d.type == 'mps' and not torch.backends.mps.is_available(): raise KdnbError(f"device {device!r}: MPS is not available here; use --device cpu")
+    elif d.type not in ('cpu', 'cuda', 'mps'): raise KdnbError(f"device {device!r}: kdnb runs on cpu, cuda or mps")
+
+# %% ../nbs/00_core.ipynb #2f2031b2
+class DirLock:
+    "Non-blocking exclusive lock on folder `run_dir` (file `name` in it); `acquire()` returns False if another process holds it."
+    def __init__(self, run_dir, name:str='.lock'): self.path, self.fd = Path(run_dir)/name, None
+    def acquire(self) -> bool:
+        import fcntl
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError: os.close(fd); return False
+        self.fd = fd
+        return True
+    def release(self):
+        import fcntl
+        if self.fd is not None: fcntl.flock(self.fd, fcntl.LOCK_UN); os.close(self.fd); self.fd = None
+    def __enter__(self): return self
+    def __exit__(self, *a): self.release()

@@ -72,7 +72,7 @@ _CIFAR_FORMAT = {  # name -> (torchvision class, label key, meta key for class n
 def _unpickle(path:Path):
     try:
         with open(path, 'rb') as f: return pickle.load(f, encoding='latin1')
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+    except Exception as e:  # a text file, random bytes, a pickle naming missing classes... all mean the same to the user
         raise KdnbError(f"{path} is not a readable CIFAR batch file ({e}); delete the folder and download it again") from None
 
 def read_cifar(root, name:str='cifar100', train:bool=True, download:bool=False) -> ImageArrayDataset:
@@ -95,8 +95,8 @@ def read_cifar(root, name:str='cifar100', train:bool=True, download:bool=False) 
         data = np.concatenate([b['data'] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = np.concatenate([b[label_key] for b in batches])
         classes = _unpickle(folder/tv_cls.meta['filename'])[names_key]
-    except (KeyError, ValueError) as e:
-        raise KdnbError(f"{folder} does not hold {name} in the official layout ({e!r})") from None
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:  # a readable pickle of something else
+        raise KdnbError(f"{folder} does not hold {name} in the official layout ({type(e).__name__}: {e}); unpack the official archive {tv_cls.url} there") from None
     return ImageArrayDataset(np.ascontiguousarray(data, dtype=np.uint8), labels, classes)
 
 # %% ../nbs/01_data.ipynb #ee024df5

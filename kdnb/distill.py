@@ -6,9 +6,10 @@ Docs: https://kdnb-team.github.io/kdnb/distill.html.md"""
 
 # %% ../nbs/10_distill.ipynb #12081d80
 from __future__ import annotations
-from .core import KdnbError, Registry
-import inspect
-from dataclasses import asdict, replace
+from .core import KdnbError, Registry, check_number
+import inspect, random
+import numpy as np
+from dataclasses import asdict, replace, dataclass
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastai.callback.core import Callback
@@ -16,16 +17,20 @@ from fastai.learner import ValueMetric, Metric
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed, default_device
 from .losses import kd_loss, dist_terms, at_loss, dml_loss, hint_loss, SRD_LOGIT_LOSSES
-from .connectors import Connector
+from .losses import dkd_terms, rkd_loss, pkt_loss, sp_loss, cc_loss, nst_loss, vid_loss, kdsvd_loss, crd_nce_loss, fsp_loss, ab_loss, ft_loss, ofd_margin, ofd_loss, hcl_loss, pool_to_smaller
+from .connectors import Connector, ConvRegressor
 from .models.core import Features, FeatureHooks, feature_spec, classify_feature_map, create_model
-from .train import Recipe, reference_recipe, make_learner, fit_run, load_checkpoint, load_weights, make_run_dataloaders
+from .train import Recipe, reference_recipe, make_learner, fit_run, load_checkpoint, load_weights, make_run_dataloaders, run_epoch
 from .data import make_dataloaders
 from .fast import Speed, parse_speed, prepare_models, load_or_build_cache
 
 # %% auto #0
-__all__ = ['METHODS', 'PAIR_HPARAMS', 'register_method', 'Method', 'list_methods', 'create_method', 'CE', 'KD', 'FitNet', 'AT',
-           'DML', 'DIST', 'SRD', 'SRDwithDIST', 'SRDwithKL', 'SRDwithPMSE', 'default_hparams', 'DistillationModel',
-           'Distiller', 'PeerAccuracy', 'load_teacher', 'distill_learner', 'precompute_teacher_logits', 'distill_model']
+__all__ = ['METHODS', 'HPARAM_BOUNDS', 'PAIR_HPARAMS', 'register_method', 'Stage', 'Method', 'list_methods', 'create_method',
+           'check_hparams', 'CE', 'KD', 'FitNet', 'AT', 'DML', 'DIST', 'SRD', 'SRDwithDIST', 'SRDwithKL', 'SRDwithPMSE',
+           'DKD', 'stage_pairs', 'FeatureKD', 'SP', 'CC', 'VID', 'RKD', 'PKT', 'NST', 'KDSVD', 'dataset_labels', 'CRD',
+           'FSP', 'AB', 'Paraphraser', 'FT', 'bn_before', 'OFD', 'ABF', 'ReviewKD', 'default_hparams',
+           'DistillationModel', 'Distiller', 'PeerAccuracy', 'load_teacher', 'distill_learner',
+           'precompute_teacher_logits', 'distill_model', 'run_pre_stages']
 
 # %% ../nbs/10_distill.ipynb #1b6a0682
 METHODS = Registry('method', group='kdnb.methods')
@@ -35,13 +40,43 @@ def register_method(name:str):
     def deco(cls): cls.method_name = name; return METHODS.register(name, cls)
     return deco
 
+@dataclass(frozen=True)
+class Stage:
+    "A training stage a method runs before the main one (FitNet's hint stage): its name, length, lr steps and lr (None: the recipe's)."
+    name: str
+    epochs: int
+    milestones: tuple
+    lr: float|None = None
+
 class Method(nn.Module):
     "Base of distillation methods: `forward(s, t, y, ce)` returns a dict of weighted loss terms."
     needs_features, trains_teacher, logits_only = False, False, True
+    # whether each network's `stages` are its stage features before their final activation (FeatureSpec.preact_stages: AB, OFD, ReviewKD's teacher)
+    preact_student: bool = False
+    preact_teacher: bool = False
     terms: tuple = ('ce',)
-    def setup(self, s:Features, t:Features): "Build connectors from example features (shapes only)."
+    stage: str|None = None  # the pre-stage being trained, None during the main stage
+    built: bool = False  # whether `setup` has built the connectors
+    uses: str = ''  # the features it takes, for listings such as a grid's dry run
+    paper: str = ''  # the paper it comes from, for listings (`kdnb methods`)
+    optional: tuple = ()  # hyper-parameters added after runs were recorded: listed only when set away from their default
+    # the training context, set by the `Distiller` before every training batch (read-only for the method)
+    epoch: int = 0  # the current epoch of the stage, from 0, counting the epochs of a resumed run
+    n_epochs: int = 0  # the stage's length in epochs
+    step: int = 0  # training batches of the stage before this one
+    batch_index: torch.Tensor|None = None  # the batch's dataset indices
+    student_eval: bool = False  # the student in eval mode (BatchNorm statistics frozen) during a stage that does not train it (FT's)
+    def setup(self, s:Features, t:Features): "Build connectors from example features (shapes only); raise `KdnbError` if the networks cannot serve."
     def forward(self, s:Features, t:Features, y:torch.Tensor, ce:torch.Tensor) -> dict: raise NotImplementedError
-    def hparams(self) -> dict: return {k: getattr(self, k) for k in _init_params(type(self))}
+    def pre_stages(self) -> list[Stage]: "Stages to train, in order, before the main one."; return []
+    def attach_data(self, train_ds): "See the training set (indexed as `batch_index` counts) before `setup`: CRD sizes its memory from it."
+    def attach_teacher(self, teacher:nn.Module): "See the teacher network before `setup` (OFD reads its BatchNorm layers); keep nothing of it that trains."
+    def hparams(self, every:bool=False) -> dict:
+        "Hyper-parameter -> value; those in `optional` only when set away from their default, unless `every`."
+        default = _init_defaults(type(self))
+        return {k: getattr(self, k) for k in _init_params(type(self)) if every or k not in self.optional or getattr(self, k) != default[k]}
+
+def _init_defaults(cls) -> dict: return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
 
 def _init_params(cls) -> list[str]:
     "Names of the hyper-parameters `cls.__init__` takes."
@@ -56,7 +91,24 @@ def create_method(name:str, **hparams) -> Method:
     allowed = _init_params(cls)
     bad = [k for k in hparams if k not in allowed]
     if bad: raise KdnbError(f"method {cls.method_name} has no hyper-parameter {bad[0]!r}; it takes: {', '.join(allowed) or 'none'}")
+    check_hparams(cls, hparams)
     return cls(**hparams)
+
+# %% ../nbs/10_distill.ipynb #95a9240f
+HPARAM_BOUNDS = {'T': (None, 0), 'tau': (None, 0), 'p': (None, 0)}  # name -> (minimum, above); any other number: minimum 0
+
+def check_hparams(cls, hparams:dict):
+    "Refuse values of `cls`'s numeric hyper-parameters that cannot work (non-finite, T <= 0, a negative weight...)."
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+    bounds = {**HPARAM_BOUNDS, **getattr(cls, 'hparam_bounds', {})}
+    for k, v in hparams.items():
+        d = defaults.get(k)
+        if isinstance(d, bool) and not isinstance(v, bool):  # a switch such as logit_stand: 'yes' or 1 would pass silently as true
+            raise KdnbError(f"{cls.method_name}'s {k} must be True or False, not {v!r}")
+        if isinstance(d, bool) or not isinstance(d, (int, float)): continue  # not a number: the method's own business
+        minimum, above = bounds.get(k, (0, None))
+        check_number(f"{cls.method_name}'s {k}", v, minimum=minimum, above=above, integer=isinstance(d, int),
+                     fix=f"pass another --{k.replace('_', '-')}, or leave it out for the benchmark's {d!r}")
 
 # %% ../nbs/10_distill.ipynb #80edb9d0
 @register_method('CE')
@@ -66,27 +118,37 @@ class CE(Method):
 
 @register_method('KD')
 class KD(Method):
-    "Hinton's KD: (1-alpha) CE + alpha T^2 KL(teacher || student)."
-    terms = ('ce', 'kd')
-    def __init__(self, alpha:float=0.9, T:float=4.): super().__init__(); self.alpha, self.T = alpha, T
-    def forward(self, s, t, y, ce): return {'ce': (1 - self.alpha) * ce, 'kd': self.alpha * kd_loss(s.logits, t.logits, self.T)}
+    "Hinton's KD: (1-alpha) CE + alpha T^2 KL(teacher || student); `logit_stand`: of the standardized logits."
+    terms, optional, paper = ('ce', 'kd'), ('logit_stand',), 'Hinton et al., Distilling the Knowledge in a Neural Network, 2015'
+    def __init__(self, alpha:float=0.9, T:float=4., logit_stand:bool=False):
+        super().__init__(); self.alpha, self.T, self.logit_stand = alpha, T, logit_stand
+    def forward(self, s, t, y, ce): return {'ce': (1 - self.alpha) * ce, 'kd': self.alpha * kd_loss(s.logits, t.logits, self.T, self.logit_stand)}
 
 # %% ../nbs/10_distill.ipynb #97616941
 @register_method('FitNet')
 class FitNet(KD):
-    "KD + beta MSE(connector(student f3), teacher f3); `hint_epochs` > 0 gives the classic two-stage form."
-    needs_features, logits_only, terms = True, False, ('ce', 'kd', 'hint')
+    "KD + beta MSE(regressor(student f3), teacher f3); `hint_epochs` > 0: the classic two stages, hint alone then plain KD."
+    needs_features, logits_only, uses = True, False, 'hint at f3 of both networks, through a conv regressor'
+    paper = 'Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015'
     def __init__(self, alpha:float=0.9, T:float=4., beta:float=2., hint_epochs:int=0):
-        super().__init__(alpha, T); self.beta, self.hint_epochs, self.hint_only = beta, hint_epochs, False
-    def setup(self, s, t): self.connector = Connector(s.final.shape[1:], t.final.shape[1:], kernel_size=3)
+        super().__init__(alpha, T); self.beta, self.hint_epochs = beta, hint_epochs
+    @property
+    def terms(self): return ('hint',) if self.stage == 'hint' else ('ce', 'kd') if self.hint_epochs else ('ce', 'kd', 'hint')
+    def setup(self, s, t): self.connector = ConvRegressor(s.f[3].shape[1:], t.f[3].shape[1:])
+    def pre_stages(self):
+        n = self.hint_epochs
+        return [Stage('hint', n, (max(1, round(.4 * n)), max(1, round(.7 * n))))] if n else []
+    def hint(self, s, t): return hint_loss(self.connector(s.f[3]), t.f[3])
     def forward(self, s, t, y, ce):
-        hint = self.beta * hint_loss(self.connector(s.final), t.final)
-        return {'hint': hint} if self.hint_only else {**super().forward(s, t, y, ce), 'hint': hint}
+        if self.stage == 'hint': return {'hint': self.hint(s, t)}
+        kd = super().forward(s, t, y, ce)
+        return kd if self.hint_epochs else {**kd, 'hint': self.beta * self.hint(s, t)}
 
 @register_method('AT')
 class AT(KD):
     "KD + beta sum_j mean((a(f_s^j) - a(f_t^j))^2) over the stage outputs f1..f3."
-    needs_features, logits_only, terms = True, False, ('ce', 'kd', 'at')
+    needs_features, logits_only, terms, uses = True, False, ('ce', 'kd', 'at'), 'attention maps of f1, f2, f3, paired by index'
+    paper = 'Zagoruyko & Komodakis, Paying More Attention to Attention, ICLR 2017'
     def __init__(self, alpha:float=0.9, T:float=4., beta:float=1000., p:float=2.): super().__init__(alpha, T); self.beta, self.p = beta, p
     def forward(self, s, t, y, ce):
         n = min(len(s.f), len(t.f)) - 2  # f1.. up to the last map, skipping stem and embedding
@@ -97,7 +159,7 @@ class AT(KD):
 @register_method('DML')
 class DML(Method):
     "Deep mutual learning: CE + w KL(peer || own) for the student, and symmetrically for the peer."
-    trains_teacher, terms = True, ('ce', 'dml', 'peer_ce', 'peer_dml')
+    trains_teacher, terms, paper = True, ('ce', 'dml', 'peer_ce', 'peer_dml'), 'Zhang et al., Deep Mutual Learning, CVPR 2018'
     def __init__(self, weight:float=1.): super().__init__(); self.weight = weight
     def forward(self, s, t, y, ce):
         return {'ce': ce, 'dml': self.weight * dml_loss(s.logits, t.logits),
@@ -107,11 +169,11 @@ class DML(Method):
 @register_method('DIST')
 class DIST(Method):
     "alpha CE + beta inter-class + gamma intra-class Pearson losses on softmax(z/tau)."
-    terms = ('ce', 'inter', 'intra')
-    def __init__(self, alpha:float=1., beta:float=2., gamma:float=2., tau:float=4.):
-        super().__init__(); self.alpha, self.beta, self.gamma, self.tau = alpha, beta, gamma, tau
+    terms, optional, paper = ('ce', 'inter', 'intra'), ('logit_stand',), 'Huang et al., Knowledge Distillation from a Stronger Teacher, NeurIPS 2022'
+    def __init__(self, alpha:float=1., beta:float=2., gamma:float=2., tau:float=4., logit_stand:bool=False):
+        super().__init__(); self.alpha, self.beta, self.gamma, self.tau, self.logit_stand = alpha, beta, gamma, tau, logit_stand
     def forward(self, s, t, y, ce):
-        inter, intra = dist_terms(s.logits, t.logits, self.tau)
+        inter, intra = dist_terms(s.logits, t.logits, self.tau, self.logit_stand)
         return {'ce': self.alpha * ce, 'inter': self.beta * inter, 'intra': self.gamma * intra}
 
 # %% ../nbs/10_distill.ipynb #e4600b52
@@ -119,6 +181,8 @@ class DIST(Method):
 class SRD(Method):
     "CE + alpha MSE(r(f_s), f_t) + beta L(teacher_head(r(f_s)), teacher logits); L = MSE on logits."
     needs_features, logits_only, terms, logit_loss = True, False, ('ce', 'feat', 'logit'), 'mse'
+    paper = 'Yang et al., Knowledge Distillation via Softmax Regression Representation Learning, ICLR 2021'
+    uses = "last feature map through a 1x1 connector, and the teacher's head"
     def __init__(self, alpha:float=1., beta:float=2.): super().__init__(); self.alpha, self.beta = alpha, beta
     def setup(self, s, t): self.connector = Connector(s.final.shape[1:], t.final.shape[1:], kernel_size=1)
     def forward(self, s, t, y, ce):
@@ -131,7 +195,7 @@ class SRD(Method):
 class SRDwithDIST(SRD):
     "SRD whose logit term is DIST's inter + intra Pearson loss on raw logits (each weight 1)."
     logit_loss = 'dist'
-    def __init__(self, alpha:float=1., beta:float=4.): super().__init__(alpha, beta)
+    def __init__(self, alpha:float=1., beta:float=10.): super().__init__(alpha, beta)
 
 @register_method('SRDwithKL')
 class SRDwithKL(SRD):
@@ -143,12 +207,370 @@ class SRDwithPMSE(SRD):
     "SRD whose logit term is the MSE of the softmax probabilities."
     logit_loss = 'pmse'
 
+# %% ../nbs/10_distill.ipynb #4cf7210b
+@register_method('DKD')
+class DKD(Method):
+    "gamma CE + w(epoch) (alpha TCKD + beta NCKD), w rising linearly to 1 over the first `warmup` epochs."
+    terms, paper = ('ce', 'tckd', 'nckd'), 'Zhao et al., Decoupled Knowledge Distillation, CVPR 2022'
+    def __init__(self, alpha:float=1., beta:float=8., T:float=4., gamma:float=1., warmup:int=20, logit_stand:bool=False):
+        super().__init__()
+        self.alpha, self.beta, self.T, self.gamma, self.warmup, self.logit_stand = alpha, beta, T, gamma, warmup, logit_stand
+    def warmup_weight(self) -> float: return min(1., (self.epoch + 1) / self.warmup) if self.warmup else 1.
+    def forward(self, s, t, y, ce):
+        tckd, nckd = dkd_terms(s.logits, t.logits, y, self.T, self.logit_stand)
+        w = self.warmup_weight()
+        return {'ce': self.gamma * ce, 'tckd': w * self.alpha * tckd, 'nckd': w * self.beta * nckd}
+
+# %% ../nbs/10_distill.ipynb #866bb284
+def stage_pairs(s:Features, t:Features) -> tuple[list, list]:
+    "The stage outputs f1.. up to the last map of both networks, paired by index, as many as the shallower network has."
+    n = min(len(s.f), len(t.f)) - 2
+    if n < 1: raise KdnbError(f"no stage outputs to pair: the student has {len(s.f) - 2} and the teacher {len(t.f) - 2}")
+    return s.f[1:1 + n], t.f[1:1 + n]
+
+class FeatureKD(Method):
+    "gamma CE + alpha KD + beta x the method's `feature_loss` (RepDistiller's -r, -a, -b); subclasses set the loss and its defaults."
+    needs_features, logits_only, feature_term = True, False, 'feat'
+    def __init__(self, beta:float=1., gamma:float=1., alpha:float=0., T:float=4.):
+        super().__init__(); self.beta, self.gamma, self.alpha, self.T = beta, gamma, alpha, T
+    @property
+    def terms(self): return ('ce', 'kd', self.feature_term) if self.alpha else ('ce', self.feature_term)
+    def feature_loss(self, s:Features, t:Features) -> torch.Tensor: raise NotImplementedError
+    def forward(self, s, t, y, ce):
+        kd = {'kd': self.alpha * kd_loss(s.logits, t.logits, self.T)} if self.alpha else {}
+        return {'ce': self.gamma * ce, **kd, self.feature_term: self.beta * self.feature_loss(s, t)}
+
+@register_method('SP')
+class SP(FeatureKD):
+    "gamma CE + beta SP loss between the B x B similarities of the last feature maps (+ alpha KD)."
+    feature_term, uses, paper = 'sp', 'B x B similarities of the last feature map', 'Tung & Mori, Similarity-Preserving Knowledge Distillation, ICCV 2019'
+    def __init__(self, beta:float=3000., gamma:float=1., alpha:float=0., T:float=4.): super().__init__(beta, gamma, alpha, T)
+    def feature_loss(self, s, t): return sp_loss([s.final], [t.final])
+
+@register_method('CC')
+class CC(FeatureKD):
+    "gamma CE + beta CC loss between the RBF correlations of projected embeddings (+ alpha KD)."
+    feature_term, uses, paper = 'cc', 'embeddings through a trainable linear projection each', 'Peng et al., Correlation Congruence for Knowledge Distillation, ICCV 2019'
+    hparam_bounds = {'rbf_gamma': (None, 0), 'dim': (1, None)}
+    def __init__(self, beta:float=1., gamma:float=1., alpha:float=0., T:float=4., rbf_gamma:float=0.4, order:int=2, dim:int=128):
+        super().__init__(beta, gamma, alpha, T); self.rbf_gamma, self.order, self.dim = rbf_gamma, order, dim
+    def setup(self, s, t): self.embed_s, self.embed_t = nn.Linear(s.embedding.shape[1], self.dim), nn.Linear(t.embedding.shape[1], self.dim)
+    def feature_loss(self, s, t): return cc_loss(self.embed_s(s.embedding), self.embed_t(t.embedding), self.rbf_gamma, self.order)
+
+def _vid_regressor(c_in:int, c_out:int) -> nn.Sequential:
+    "VID's mean: three bias-free 1x1 convolutions with ReLUs between, hidden width `c_out` (RepDistiller's VIDLoss)."
+    def conv(a, b): return nn.Conv2d(a, b, 1, bias=False)
+    return nn.Sequential(conv(c_in, c_out), nn.ReLU(), conv(c_out, c_out), nn.ReLU(), conv(c_out, c_out))
+
+@register_method('VID')
+class VID(FeatureKD):
+    "gamma CE + beta sum over stage pairs of the Gaussian NLL of the teacher's map given the student's (+ alpha KD)."
+    feature_term, paper = 'vid', 'Ahn et al., Variational Information Distillation for Knowledge Transfer, CVPR 2019'
+    uses = 'stage outputs f1.. paired by index, each through a 1x1-conv regressor, with trainable variances per channel'
+    hparam_bounds = {'init_var': (None, 0), 'eps': (None, 0)}
+    def __init__(self, beta:float=1., gamma:float=1., alpha:float=0., T:float=4., init_var:float=5., eps:float=1e-5):
+        super().__init__(beta, gamma, alpha, T); self.init_var, self.eps = init_var, eps
+    def setup(self, s, t):
+        fs, ft = stage_pairs(s, t)
+        if self.init_var <= self.eps: raise KdnbError(f"VID's init_var ({self.init_var}) must exceed its eps ({self.eps})")
+        self.regressors = nn.ModuleList(_vid_regressor(a.shape[1], b.shape[1]) for a, b in zip(fs, ft))
+        raw = float(np.log(np.expm1(self.init_var - self.eps)))  # softplus(raw) + eps = init_var
+        self.raw_vars = nn.ParameterList(nn.Parameter(torch.full((b.shape[1],), raw)) for b in ft)
+    def variances(self) -> list[torch.Tensor]: return [F.softplus(r) + self.eps for r in self.raw_vars]
+    def feature_loss(self, s, t):
+        total = 0.
+        for reg, var, fs, ft in zip(self.regressors, self.variances(), *stage_pairs(s, t)):
+            fs, ft = pool_to_smaller(fs, ft)
+            total = total + vid_loss(reg(fs), ft, var)
+        return total
+
+@register_method('RKD')
+class RKD(FeatureKD):
+    "gamma CE + beta (distance_weight distance + angle_weight angle) RKD loss on the embeddings (+ alpha KD)."
+    feature_term, uses, paper = 'rkd', 'distances and angles among the embeddings', 'Park et al., Relational Knowledge Distillation, CVPR 2019'
+    def __init__(self, beta:float=1., gamma:float=1., alpha:float=0., T:float=4., distance_weight:float=25., angle_weight:float=50.):
+        super().__init__(beta, gamma, alpha, T); self.distance_weight, self.angle_weight = distance_weight, angle_weight
+    def feature_loss(self, s, t): return rkd_loss(s.embedding, t.embedding, self.distance_weight, self.angle_weight)
+
+@register_method('PKT')
+class PKT(FeatureKD):
+    "gamma CE + beta PKT loss between the cosine-kernel conditional probabilities of the embeddings (+ alpha KD)."
+    feature_term, uses, paper = 'pkt', 'cosine similarities among the embeddings', 'Passalis & Tefas, Learning Deep Representations with Probabilistic Knowledge Transfer, ECCV 2018'
+    def __init__(self, beta:float=30000., gamma:float=1., alpha:float=0., T:float=4.): super().__init__(beta, gamma, alpha, T)
+    def feature_loss(self, s, t): return pkt_loss(s.embedding, t.embedding)
+
+@register_method('NST')
+class NST(FeatureKD):
+    "gamma CE + beta sum over stage pairs of the MMD (polynomial kernel) between channel activation maps (+ alpha KD)."
+    feature_term, uses, paper = 'nst', 'stage outputs f1.. paired by index', 'Huang & Wang, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer, 2017'
+    def __init__(self, beta:float=50., gamma:float=1., alpha:float=0., T:float=4.): super().__init__(beta, gamma, alpha, T)
+    def feature_loss(self, s, t): return nst_loss(*stage_pairs(s, t))
+
+# %% ../nbs/10_distill.ipynb #3f723ba9
+@register_method('KDSVD')
+class KDSVD(FeatureKD):
+    "gamma CE + beta KDSVD loss between consecutive stage outputs' leading singular vectors (+ alpha KD)."
+    feature_term, paper = 'kdsvd', 'Lee et al., Self-supervised Knowledge Distillation Using Singular Value Decomposition, ECCV 2018'
+    uses = 'leading singular vectors of the stage outputs f1.., paired by index (as many channels in both networks)'
+    hparam_bounds = {'k': (1, None)}
+    def __init__(self, beta:float=1., gamma:float=1., alpha:float=0., T:float=4., k:int=1): super().__init__(beta, gamma, alpha, T); self.k = k
+    def setup(self, s, t):
+        for j, (a, b) in enumerate(zip(*stage_pairs(s, t)), 1):
+            if a.shape[1] != b.shape[1]:
+                raise KdnbError(f"KDSVD compares singular vectors over channels, so each paired stage needs as many channels in both networks: "
+                                f"f{j} has {a.shape[1]} in the student and {b.shape[1]} in the teacher (use a same-width pair, e.g. WRN-40-2 -> WRN-16-2)")
+    def feature_loss(self, s, t): return kdsvd_loss(*stage_pairs(s, t), self.k)
+
+# %% ../nbs/10_distill.ipynb #6fe11e8e
+def dataset_labels(ds) -> np.ndarray|None:
+    "The label of every item of a training set (kdnb's `WithIndex`, a `Subset`, an array or image-folder dataset), without loading images; None if it does not say."
+    ds = getattr(ds, 'ds', ds)
+    if isinstance(ds, torch.utils.data.Subset):
+        inner = dataset_labels(ds.dataset)
+        return None if inner is None else inner[np.asarray(ds.indices)]
+    for name in ('labels', 'targets'):
+        if getattr(ds, name, None) is not None: return np.asarray(getattr(ds, name), dtype=np.int64)
+    return None
+
+@register_method('CRD')
+class CRD(FeatureKD):
+    "gamma CE + beta (NCE student->teacher memory + NCE teacher->student memory) on projected embeddings (+ alpha KD)."
+    feature_term, paper = 'crd', 'Tian et al., Contrastive Representation Distillation, ICLR 2020'
+    uses = 'embeddings through trainable projections, a memory bank of both over the training set'
+    hparam_bounds = {'nce_k': (1, None), 'nce_t': (None, 0), 'dim': (1, None)}
+    def __init__(self, beta:float=0.8, gamma:float=1., alpha:float=0., T:float=4., nce_k:int=16384, nce_t:float=0.07,
+                 momentum:float=0.5, dim:int=128):
+        super().__init__(beta, gamma, alpha, T)
+        if momentum > 1: raise KdnbError(f"CRD's momentum must be in [0, 1], not {momentum!r}")
+        self.nce_k, self.nce_t, self.momentum, self.dim = nce_k, nce_t, momentum, dim
+    def attach_data(self, train_ds):
+        labels = dataset_labels(train_ds)
+        if labels is None: raise KdnbError(f"CRD draws its negatives from the other classes' images, so it needs the training labels, which {type(train_ds).__name__} does not give")
+        if hasattr(self, 'memory_s') and len(labels) != len(self.memory_s):
+            raise KdnbError(f"CRD's memory holds {len(self.memory_s)} images, but this training set has {len(labels)}")
+        if len(np.unique(labels)) < 2: raise KdnbError("CRD needs images of at least two classes in the training set (its negatives are of other classes)")
+        self.labels = torch.as_tensor(labels)  # not state: derived from the data each time
+        self.distinct = self.nce_k <= len(labels) - int(np.bincount(labels).max())  # enough images of other classes for every image
+    def setup(self, s, t):
+        if getattr(self, 'labels', None) is None: raise KdnbError("CRD needs the training set before it is built: pass the method to distill_learner or distill_model")
+        n = len(self.labels)
+        self.embed_s, self.embed_t = nn.Linear(s.embedding.shape[1], self.dim), nn.Linear(t.embedding.shape[1], self.dim)
+        stdv = 1 / np.sqrt(self.dim / 3)
+        self.register_buffer('memory_s', torch.rand(n, self.dim) * 2 * stdv - stdv)
+        self.register_buffer('memory_t', torch.rand(n, self.dim) * 2 * stdv - stdv)
+        self.register_buffer('z', torch.full((2,), -1.))  # Z of the student and teacher anchors; < 0 until the first batch
+    def negatives(self, idx:torch.Tensor) -> torch.Tensor:
+        "(B, nce_k) dataset indices of images of other classes than each image of `idx`, uniform, without replacement when every class has enough."
+        dev = self.memory_s.device
+        if self.labels.device != dev: self.labels = self.labels.to(dev)  # once
+        other = self.labels[None] != self.labels[idx][:, None]  # (B, N)
+        if self.distinct:  # the k smallest of uniform keys, same-class images keyed out
+            return torch.rand(other.shape, device=dev).masked_fill(~other, 2.).topk(self.nce_k, 1, largest=False).indices
+        return torch.multinomial(other.float(), self.nce_k, replacement=True)
+    def feature_loss(self, s, t):
+        with torch.autocast(self.memory_s.device.type, enabled=False): return self._contrast(s, t)  # fp32: exp(./0.07) and the memory
+    def _contrast(self, s, t):
+        idx = self.batch_index
+        if idx is None: raise KdnbError("CRD needs the dataset index of each image: train it through kdnb's indexed data loaders")
+        idx = idx.to(self.memory_s.device).long()
+        vs, vt = F.normalize(self.embed_s(s.embedding.float()), dim=1), F.normalize(self.embed_t(t.embedding.float()), dim=1)
+        rows = torch.cat([idx[:, None], self.negatives(idx)], 1)  # (B, 1 + K): the image itself first
+        n = len(self.memory_s)
+        def scores(memory, v, j):  # v against the other network's memory rows, normalised by Z (fixed at the first batch)
+            e = torch.exp(torch.einsum('bkd,bd->bk', memory[rows], v) / self.nce_t)
+            if self.z[j] < 0: self.z[j] = e.detach().mean() * n
+            return e / self.z[j].clone()  # a copy: setting the other Z in place must not touch what backward saved
+        loss = crd_nce_loss(scores(self.memory_t, vs, 0), n) + crd_nce_loss(scores(self.memory_s, vt, 1), n)
+        with torch.no_grad():
+            for memory, v in ((self.memory_s, vs), (self.memory_t, vt)):
+                memory[idx] = F.normalize(self.momentum * memory[idx] + (1 - self.momentum) * v.detach(), dim=1)
+        return loss
+
+# %% ../nbs/10_distill.ipynb #49dcb85a
+@register_method('FSP')
+class FSP(FeatureKD):
+    "A stage of `init_epochs` on the FSP loss alone, then gamma CE (+ alpha KD, + beta FSP)."
+    feature_term, paper = 'fsp', 'Yim et al., A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and Transfer Learning, CVPR 2017'
+    uses = 'FSP matrices of consecutive maps stem, f1.. (as many channels in both networks), in an initialisation stage'
+    def __init__(self, beta:float=0., gamma:float=1., alpha:float=0., T:float=4., init_epochs:int=30):
+        super().__init__(beta, gamma, alpha, T); self.init_epochs = init_epochs
+    @property
+    def terms(self):
+        if self.stage == 'init': return (self.feature_term,)
+        return ('ce',) + (('kd',) if self.alpha else ()) + ((self.feature_term,) if self.beta else ())
+    def maps(self, f:Features) -> list: return f.f[:-1]  # stem .. last map
+    def setup(self, s, t):
+        if len(s.f) != len(t.f) or any(a.shape[1] != b.shape[1] for a, b in zip(self.maps(s), self.maps(t))):
+            raise KdnbError(f"FSP compares channel with channel, so the student's maps (channels {[a.shape[1] for a in self.maps(s)]}) "
+                            f"must match the teacher's ({[b.shape[1] for b in self.maps(t)]}); use a same-width pair, e.g. WRN-40-2 -> WRN-16-2")
+    def pre_stages(self): return [Stage('init', self.init_epochs, ())] if self.init_epochs else []
+    def feature_loss(self, s, t): return fsp_loss(self.maps(s), self.maps(t))
+    def forward(self, s, t, y, ce):
+        if self.stage == 'init': return {self.feature_term: self.feature_loss(s, t)}  # unweighted, alone
+        kd = {'kd': self.alpha * kd_loss(s.logits, t.logits, self.T)} if self.alpha else {}
+        return {'ce': self.gamma * ce, **kd, **({self.feature_term: self.beta * self.feature_loss(s, t)} if self.beta else {})}
+
+# %% ../nbs/10_distill.ipynb #609ff362
+@register_method('AB')
+class AB(FSP):
+    "A stage of `init_epochs` on the activation-boundary loss alone (student + connectors), then gamma CE (+ alpha KD, + beta AB)."
+    feature_term, preact_student, preact_teacher = 'ab', True, True
+    paper = 'Heo et al., Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons, AAAI 2019'
+    uses = 'pre-activation stage outputs, paired by index, through a 1x1 conv-BN connector each, in an initialisation stage'
+    def __init__(self, beta:float=0., gamma:float=1., alpha:float=0., T:float=4., init_epochs:int=30, margin:float=1.):
+        super().__init__(beta, gamma, alpha, T, init_epochs); self.margin = margin
+    def pairs(self, s:Features, t:Features) -> tuple[list, list]:
+        n = min(len(s.stages), len(t.stages))
+        return s.stages[:n], t.stages[:n]
+    def setup(self, s, t):
+        self.connectors = nn.ModuleList(nn.Identity() if a.shape[1:] == b.shape[1:] else Connector(a.shape[1:], b.shape[1:], relu=False)
+                                        for a, b in zip(*self.pairs(s, t)))
+    def feature_loss(self, s, t):
+        fs, ft = self.pairs(s, t)
+        return ab_loss([c(f) for c, f in zip(self.connectors, fs)], ft, self.margin)
+
+# %% ../nbs/10_distill.ipynb #7d13b6d4
+def _lrelu_convs(widths:list, transpose:bool=False, bn:bool=False) -> nn.Sequential:
+    "3x3 (transposed) convolutions through `widths`, each followed by [BatchNorm and] LeakyReLU(0.1): FT's paraphraser and translator."
+    conv, layers = (nn.ConvTranspose2d if transpose else nn.Conv2d), []
+    for a, b in zip(widths[:-1], widths[1:]): layers += [conv(a, b, 3, 1, 1), *([nn.BatchNorm2d(b)] if bn else []), nn.LeakyReLU(0.1)]
+    return nn.Sequential(*layers)
+
+class Paraphraser(nn.Module):
+    "FT's autoencoder of a C-channel map: an encoder to int(k C) channels (the factors) and a decoder back."
+    def __init__(self, c:int, k:float=0.5):
+        super().__init__(); m = max(1, int(c * k))
+        self.encoder, self.decoder = _lrelu_convs([c, c, m, m]), _lrelu_convs([m, m, c, c], transpose=True)
+    def forward(self, f): return self.decoder(self.encoder(f))
+
+@register_method('FT')
+class FT(FeatureKD):
+    "A stage of `init_epochs` training the paraphraser on the teacher's last map, then gamma CE + beta FT (+ alpha KD)."
+    feature_term, paper = 'ft', 'Kim et al., Paraphrasing Complex Network: Network Compression via Factor Transfer, NeurIPS 2018'
+    uses = "last feature maps: the teacher's through a paraphraser (trained first), the student's through a translator"
+    hparam_bounds = {'init_lr': (None, 0), 'k': (None, 0)}
+    def __init__(self, beta:float=200., gamma:float=1., alpha:float=0., T:float=4., init_epochs:int=30, init_lr:float=0.01, k:float=0.5):
+        super().__init__(beta, gamma, alpha, T); self.init_epochs, self.init_lr, self.k = init_epochs, init_lr, k
+    @property
+    def terms(self): return ('rec',) if self.stage == 'init' else super().terms
+    @property
+    def student_eval(self) -> bool: return self.stage == 'init'
+    def pre_stages(self): return [Stage('init', self.init_epochs, (), self.init_lr)] if self.init_epochs else []
+    def setup(self, s, t):
+        cs, ct = s.final.shape[1], t.final.shape[1]
+        self.paraphraser = Paraphraser(ct, self.k)
+        self.translator = _lrelu_convs([cs, cs, max(1, int(ct * self.k)), max(1, int(ct * self.k))], bn=True)
+    def feature_loss(self, s, t):
+        with torch.no_grad(): factor_t = self.paraphraser.encoder(t.final)  # trained in its own stage only
+        return ft_loss(self.translator(s.final), factor_t)
+    def forward(self, s, t, y, ce):
+        if self.stage == 'init': return {'rec': hint_loss(self.paraphraser(t.final), t.final)}
+        return super().forward(s, t, y, ce)
+
+# %% ../nbs/10_distill.ipynb #5d29edef
+def bn_before(net:nn.Module, address:str) -> nn.Module|None:
+    "The BatchNorm producing the pre-activation feature at `address` (a FeatureSpec address): the module itself or its last BatchNorm, or for `BLOCK.act:in` the last of `BLOCK.body`; None if there is none."
+    from kdnb.models.core import get_module
+    name = address.removesuffix(':in')
+    if address.endswith(':in'): m = getattr(get_module(net, name.rsplit('.', 1)[0]) if '.' in name else net, 'body', None)
+    else: m = get_module(net, name)
+    bns = [x for x in m.modules() if isinstance(x, nn.modules.batchnorm._BatchNorm)] if m is not None else []
+    return bns[-1] if bns else None
+
+def _ofd_connector(cs:int, ct:int) -> nn.Sequential:
+    "1x1 convolution (N(0, 2/ct) weights) and BatchNorm (1, 0), as mdistiller's ConnectorConvBN."
+    conv, bn = nn.Conv2d(cs, ct, 1, bias=False), nn.BatchNorm2d(ct)
+    nn.init.normal_(conv.weight, 0, np.sqrt(2 / ct)); nn.init.ones_(bn.weight); nn.init.zeros_(bn.bias)
+    return nn.Sequential(conv, bn)
+
+@register_method('OFD')
+class OFD(FeatureKD):
+    "gamma CE + beta OFD partial L2 between connected student and teacher pre-activation maps, with the teacher's margins (+ alpha KD)."
+    feature_term, preact_student, preact_teacher, paper = 'ofd', True, True, 'Heo et al., A Comprehensive Overhaul of Feature Distillation, ICCV 2019'
+    uses = "pre-activation stage outputs (the deepest pairs), through a 1x1 conv-BN connector each; margins from the teacher's BatchNorm layers"
+    def __init__(self, beta:float=1e-3, gamma:float=1., alpha:float=0., T:float=4.): super().__init__(beta, gamma, alpha, T)
+    def attach_teacher(self, teacher):
+        addresses = feature_spec(teacher).preact_stages or []
+        if not addresses: raise KdnbError(f"OFD needs the teacher's stage features before their activation, which the FeatureSpec of {type(teacher).__name__} does not name (preact_stages)")
+        bns = [bn_before(teacher, a) for a in addresses]
+        if None in bns: raise KdnbError(f"OFD takes its margins from the BatchNorm before each activation of the teacher, and finds none for {addresses[bns.index(None)]!r} in {type(teacher).__name__}")
+        self._margins = [ofd_margin(bn.weight, bn.bias) for bn in bns]
+    def pairs(self, s:Features, t:Features) -> tuple[list, list]:
+        n = min(len(s.stages), len(t.stages))
+        return s.stages[-n:], t.stages[-n:]
+    def setup(self, s, t):
+        fs, ft = self.pairs(s, t)
+        self.connectors = nn.ModuleList(_ofd_connector(a.shape[1], b.shape[1]) for a, b in zip(fs, ft))
+        for j, m in enumerate(self._margins[-len(ft):]): self.register_buffer(f'margin{j}', m.clone())
+    def margins(self) -> list[torch.Tensor]: return [getattr(self, f'margin{j}') for j in range(len(self.connectors))]
+    def feature_loss(self, s, t):
+        fs, ft = self.pairs(s, t)
+        return ofd_loss([c(f) for c, f in zip(self.connectors, fs)], ft, self.margins())
+
+# %% ../nbs/10_distill.ipynb #3cf85bf6
+class ABF(nn.Module):
+    "ReviewKD's attention-based fusion: 1x1 conv-BN to `mid`, blended with the coarser level by a 2-way sigmoid attention (if `fuse`), resized to the teacher's map, 3x3 conv-BN to `c_out`."
+    def __init__(self, c_in:int, mid:int, c_out:int, fuse:bool):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(c_in, mid, 1, bias=False), nn.BatchNorm2d(mid))
+        self.conv2 = nn.Sequential(nn.Conv2d(mid, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
+        self.att = nn.Sequential(nn.Conv2d(2 * mid, 2, 1), nn.Sigmoid()) if fuse else None
+        for conv in (self.conv1[0], self.conv2[0]): nn.init.kaiming_uniform_(conv.weight, a=1)
+    def forward(self, x, coarser=None, out_size=None):
+        "(output for the teacher's map, this level's fused map for the next, finer, level)."
+        x = self.conv1(x)
+        if self.att is not None:
+            coarser = F.interpolate(coarser, x.shape[-2:], mode='nearest')
+            z = self.att(torch.cat([x, coarser], 1))
+            x = x * z[:, :1] + coarser * z[:, 1:]
+        if tuple(x.shape[-2:]) != tuple(out_size): x = F.interpolate(x, tuple(out_size), mode='nearest')
+        return self.conv2(x), x
+
+@register_method('ReviewKD')
+class ReviewKD(FeatureKD):
+    "gamma CE + w(epoch) beta HCL between the student's stages fused deepest first (ABF) and the teacher's pre-activation stages (+ alpha KD)."
+    feature_term, preact_teacher, paper = 'review', True, 'Chen et al., Distilling Knowledge via Knowledge Review, CVPR 2021'
+    uses = "the student's stage outputs and embedding, fused deepest first; the teacher's pre-activation stage outputs and embedding"
+    def __init__(self, beta:float=5., gamma:float=1., alpha:float=0., T:float=4., warmup:int=20):
+        super().__init__(beta, gamma, alpha, T); self.warmup = warmup
+    def levels(self, s:Features, t:Features) -> tuple[list, list]:
+        "The deepest n stage maps of each network (n: the shallower's count), then its embedding as a 1x1 map."
+        n = min(len(s.stages), len(t.stages))
+        return s.stages[-n:] + [s.embedding[..., None, None]], t.stages[-n:] + [t.embedding[..., None, None]]
+    def setup(self, s, t):
+        ss, ts = self.levels(s, t)
+        mid = min(512, ss[-1].shape[1])
+        self.abfs = nn.ModuleList(ABF(a.shape[1], mid, b.shape[1], fuse=i < len(ss) - 1) for i, (a, b) in enumerate(zip(ss, ts)))
+    def warmup_weight(self) -> float: return min(1., (self.epoch + 1) / self.warmup) if self.warmup else 1.
+    def feature_loss(self, s, t):
+        ss, ts = self.levels(s, t)
+        out, fused = self.abfs[-1](ss[-1], out_size=ts[-1].shape[-2:])
+        results = [out]
+        for i in range(len(ss) - 2, -1, -1):  # deepest stage first, each fused with the level below it
+            out, fused = self.abfs[i](ss[i], fused, ts[i].shape[-2:])
+            results.insert(0, out)
+        return hcl_loss(results, ts)
+    def forward(self, s, t, y, ce):
+        terms = super().forward(s, t, y, ce)
+        return {**terms, 'review': self.warmup_weight() * terms['review']}
+
 # %% ../nbs/10_distill.ipynb #dac2f577
-PAIR_HPARAMS = {('SRDwithDIST', 'WRN-40-2', 'WRN-40-1'): {'beta': 10.}}
+PAIR_HPARAMS = {('SRDwithDIST', 'WRN-40-4', 'WRN-16-2'): {'beta': 4.},
+                # mdistiller's configs/cifar100/dkd/*.yaml: beta per pair (8, the default, for the others)
+                **{('DKD', t, s): {'beta': b} for t, s, b in [('WRN-40-2', 'WRN-16-2', 6.), ('WRN-40-2', 'WRN-40-1', 6.), ('ResNet-56', 'ResNet-20', 2.),
+                                                              ('ResNet-110', 'ResNet-32', 2.), ('VGG-13', 'VGG-8', 6.), ('VGG-13', 'MobileNetV2-x0.5', 6.)]},
+                # RepDistiller's helper/pretrain.py: FT's paraphraser stage at lr 0.01, except for students other than ResNets and WRNs (VGG-8: 0.05)
+                **{('FT', t, 'VGG-8'): {'init_lr': 0.05} for t in ('VGG-13', 'ResNet-50')}}
 
 def default_hparams(method:str, teacher:str, student:str) -> dict:
     "The benchmark's hyper-parameters of `method` for this teacher -> student pair."
-    return {**create_method(method).hparams(), **PAIR_HPARAMS.get((METHODS.canonical(method), teacher, student), {})}
+    return {**create_method(method).hparams(), **PAIR_HPARAMS.get((METHODS.canonical(method), _zoo_name(teacher), _zoo_name(student)), {})}
+
+def _zoo_name(name:str) -> str:
+    "The canonical zoo name (an alias such as 'wrn_40_2' finds WRN-40-2's pair settings), or `name` itself if it is not in the zoo."
+    from kdnb.models.core import model_name
+    try: return model_name(name)
+    except KdnbError: return name
 
 # %% ../nbs/10_distill.ipynb #61c1950c
 def _logits_only(logits): return Features(None, [], None, None, logits)
@@ -160,22 +582,25 @@ class DistillationModel(nn.Module):
         self.student, self.method = student, method
         self.peer = teacher if method.trains_teacher else None
         self.peer_logits = None
-        if method.needs_features:
+        if method.needs_features and not method.built:  # connectors are built once, even when several stages train them
             for role, net in (('student', student), ('teacher', teacher)):
-                try: feature_spec(net)
+                try: spec = feature_spec(net)
                 except KdnbError as e: raise KdnbError(f"{method.method_name} needs feature maps from the {role}: {e}") from None
+                if getattr(method, f'preact_{role}') and not spec.preact_stages:
+                    raise KdnbError(f"{method.method_name} needs the {role}'s stage features before their activation, which the FeatureSpec of {type(net).__name__} does not name (preact_stages)")
+            method.attach_teacher(teacher)
             x = torch.zeros(2, *input_size)
-            with torch.no_grad(): s, t = _example_features(student, x), _example_features(teacher, x)
-            method.setup(s, t)
+            with torch.no_grad(): s, t = _example_features(student, x, method.preact_student), _example_features(teacher, x, method.preact_teacher)
+            method.setup(s, t); method.built = True
         if isinstance(method, SRD): object.__setattr__(method, 'teacher_head', teacher)  # used, never trained or saved
     def forward(self, x):
         if self.peer is not None: self.peer_logits = self.peer(x)
         return self.student(x)
 
-def _example_features(net, x):
+def _example_features(net, x, preact:bool=False):
     was = net.training; net.eval()
     try:
-        with FeatureHooks(net, detach=True) as h: return h.features(net(x))
+        with FeatureHooks(net, preact=preact, detach=True) as h: return h.features(net(x))
     finally: net.train(was)
 
 # %% ../nbs/10_distill.ipynb #8455d6cc
@@ -193,13 +618,20 @@ class Distiller(Callback):
         if self.teacher_logits is not None: self.teacher_logits = self.teacher_logits.to(dev)
         self.s_hooks = self.t_hooks = None
         if self.method.needs_features:
-            self.s_hooks = FeatureHooks(self.learn.model.student)
-            self.t_hooks = FeatureHooks(self.teacher, detach=not self.method.trains_teacher)
+            self.s_hooks = FeatureHooks(self.learn.model.student, preact=self.method.preact_student)
+            self.t_hooks = FeatureHooks(self.teacher, preact=self.method.preact_teacher, detach=not self.method.trains_teacher)
         self.sums = {k: 0. for k in self.method.terms}; self.count = 0
         names = set(self.learn.metrics.attrgot('name'))
         self.learn.metrics += [ValueMetric(self._avg(k), k) for k in self.method.terms if k not in names]
     def _avg(self, k): return lambda: float(self.sums[k]) / max(self.count, 1)
-    def before_train(self): self.sums, self.count = {k: 0. for k in self.method.terms}, 0
+    def before_train(self):
+        self.sums, self.count = {k: 0. for k in self.method.terms}, 0
+        if self.method.student_eval: self.learn.model.student.eval()  # after fastai's TrainEvalCallback set training mode
+    def before_batch(self):
+        if not self.training: return
+        l, m = self.learn, self.method
+        m.epoch, m.n_epochs = run_epoch(l), run_epoch(l) - l.epoch + l.n_epoch  # counting the epochs before a resume
+        m.step, m.batch_index = m.epoch * l.n_iter + l.iter, getattr(l, 'batch_index', None)
     def after_pred(self):
         if not self.training: return
         if self.method.trains_teacher: t_logits = self.learn.model.peer_logits
@@ -238,60 +670,62 @@ class PeerAccuracy(Metric):
 
 # %% ../nbs/10_distill.ipynb #7c206606
 def load_teacher(name:str, ckpt=None, num_classes:int=100) -> nn.Module:
-    "Zoo model `name`, with weights from `ckpt` if given (a kdnb run's last.pt or a state_dict)."
-    teacher = create_model(name, num_classes)
-    if ckpt is not None:
-        state = load_checkpoint(ckpt) if str(ckpt).endswith('.pt') else {'model': torch.load(ckpt, map_location='cpu')}
-        if any(k.startswith('student.') for k in state['model']):  # a distilled student's checkpoint
-            state = {**state, 'model': {k[8:]: v for k, v in state['model'].items() if k.startswith('student.')}}
-        load_weights(teacher, state, ckpt)
-    return teacher
-
-def _split_peer(model): return [[p for n, p in model.named_parameters() if not n.startswith('peer.')], list(model.peer.parameters())]
+    "Zoo model `name` (or its RepDistiller/mdistiller alias), with the weights in `ckpt` if given: a kdnb run's last.pt (a distilled run's student), a state_dict, or a RepDistiller/mdistiller checkpoint."
+    return create_model(name, num_classes, checkpoint_path=ckpt)  # one loader for every format, and one error naming both networks
 
 def distill_learner(dls, student:nn.Module, teacher:nn.Module, method:Method, recipe:Recipe, out,
-                    teacher_logits=None, peer_lr:float|None=None, speed:Speed|None=None, cache=None):
-    "A `Learner` that distils `teacher` into `student` with `method`; returns (learn, lr)."
+                    teacher_logits=None, speed:Speed|None=None, cache=None):
+    "A `Learner` that distils `teacher` into `student` with `method` (a DML peer trains with the student's recipe); returns (learn, lr)."
+    method.attach_data(dls.train.dataset)  # before the model is built: a method's state may have one slot per training image (CRD)
     model = DistillationModel(student, teacher, method)
-    cbs, metrics, splitter, lr = [Distiller(teacher, teacher_logits, cache)], None, None, recipe.lr
+    metrics = None
     if method.trains_teacher:
         from kdnb.train import top1, top5
-        metrics, splitter, lr = [top1, top5, PeerAccuracy()], _split_peer, [recipe.lr, peer_lr or recipe.lr]
-    return make_learner(dls, model, recipe, out, cbs=cbs, metrics=metrics, splitter=splitter, speed=speed), lr
+        metrics = [top1, top5, PeerAccuracy()]
+    return make_learner(dls, model, recipe, out, cbs=[Distiller(teacher, teacher_logits, cache)], metrics=metrics, speed=speed), recipe.lr
 
 # %% ../nbs/10_distill.ipynb #563ca0eb
+def _random_states(dl) -> tuple: return dl.rng.getstate(), torch.get_rng_state(), random.getstate(), np.random.get_state()
+def _set_random_states(dl, s): dl.rng.setstate(s[0]); torch.set_rng_state(s[1]); random.setstate(s[2]); np.random.set_state(s[3])
+
 @torch.no_grad()
-def precompute_teacher_logits(teacher:nn.Module, dls, bs:int=256) -> torch.Tensor:
-    "Teacher logits for every training image, one augmented view each, indexed by dataset index."
-    from fastai.data.load import DataLoader
-    ds, dev = dls.train.dataset, dls.device or default_device()
+def precompute_teacher_logits(teacher:nn.Module, dls) -> torch.Tensor:
+    "Teacher logits for every training image, one augmented view each (drawn by the training loader), indexed by dataset index."
+    dl, states, drop_last = dls.train, _random_states(dls.train), dls.train.drop_last
+    dev = dls.device or default_device()
     teacher = teacher.to(dev).eval()
-    out = None
-    for x, y, idx in DataLoader(ds, bs=bs, shuffle=False, device=dev):
-        z = teacher(x).float()
-        if out is None: out = torch.empty(len(ds), z.shape[1], device=dev)
-        out[idx] = z
+    out, seen = None, 0
+    try:
+        dl.drop_last = False  # every image, the last partial batch included
+        for x, y, idx, *_ in dl:
+            z = teacher(x).float()
+            if out is None: out = torch.empty(len(dl.dataset), z.shape[1], device=z.device)
+            out[idx] = z; seen += len(idx)
+    finally: dl.drop_last = drop_last; _set_random_states(dl, states)
+    if seen != len(dl.dataset): raise KdnbError(f"pre-computing teacher logits saw {seen} of {len(dl.dataset)} training images")
     return out.cpu()
 
 # %% ../nbs/10_distill.ipynb #f7b85f17
 def distill_model(student:str, teacher:str, method:str='KD', teacher_ckpt=None, dataset:str='cifar10-subset',
                   out='runs/distill', epochs:int|None=None, resume:bool=False, data_root=None, lr:float|None=None,
                   bs:int|None=None, seed:int=0, num_workers:int=0, device=None, progress:bool=True,
-                  teacher_logits:str='online', download:bool=False, max_items:int|None=None, speed='auto', **hparams) -> dict:
-    "Distil zoo model `teacher` (weights from `teacher_ckpt`) into a fresh zoo `student` with `method`."
+                  teacher_logits:str='online', download:bool=False, max_items:int|None=None, speed='auto', precision:str='fp32',
+                  benchmark:str='reference', **hparams) -> dict:
+    "Distil zoo model `teacher` (weights from `teacher_ckpt`) into a fresh zoo `student` with `method`, with the recipe of `benchmark`."
     method_name = METHODS.canonical(method)
     hp = {**default_hparams(method_name, teacher, student), **{k: v for k, v in hparams.items() if v is not None}}
     m = create_method(method_name, **hp)
     if teacher_logits not in ('online', 'precomputed'): raise KdnbError(f"teacher_logits must be 'online' or 'precomputed', not {teacher_logits!r}")
     if teacher_logits == 'precomputed' and (not m.logits_only or m.trains_teacher):
         raise KdnbError(f"{method_name} cannot use pre-computed teacher logits: it needs the teacher's features or trains it")
-    recipe = reference_recipe(student).scaled(epochs, lr=lr, bs=bs)
-    sp = parse_speed(speed, device)
+    recipe = reference_recipe(student, benchmark).scaled(epochs, lr=lr, bs=bs)
+    sp = parse_speed(speed, device, precision)
     if sp.teacher_cache and (not m.logits_only or m.trains_teacher or teacher_logits != 'online' or teacher_ckpt is None):
         print(f"note: teacher_cache is off: it serves logit-only methods with an online, checkpointed teacher, not {method_name}")
         sp = replace(sp, teacher_cache=False)
     if sp.teacher_cache and not sp.device_data: raise KdnbError("the teacher_cache speed option needs device_data (it looks views up by crop and flip)")
     dls = make_run_dataloaders(dataset, data_root, recipe.bs, num_workers, device, download, seed, max_items, sp)
+    set_seed(seed)  # a teacher without a checkpoint is the same untrained network every time
     t_net = load_teacher(teacher, teacher_ckpt, dls.num_classes) if not m.trains_teacher else None
     set_seed(seed)
     s_net = create_model(student, dls.num_classes)
@@ -299,23 +733,29 @@ def distill_model(student:str, teacher:str, method:str='KD', teacher_ckpt=None, 
     elif teacher_ckpt is None: print(f"warning: no --teacher-ckpt, distilling from an untrained {teacher}")
     config = dict(kind='distill', student=s_net.name, teacher=t_net.name, method=method_name, hparams=hp,
                   teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else None, teacher_logits=teacher_logits,
-                  dataset=dataset, num_classes=dls.num_classes, seed=seed, max_items=max_items, speed=str(sp), **asdict(recipe))
+                  dataset=dataset, num_classes=dls.num_classes, seed=seed, max_items=max_items, speed=str(sp), precision=sp.precision, **asdict(recipe))
     config['milestones'] = list(recipe.milestones)
     out = Path(out)
-    if getattr(m, 'hint_epochs', 0): _fitnet_hint_stage(dls, s_net, t_net, m, recipe, out, config, resume, progress)
+    start = run_pre_stages(dls, s_net, t_net, m, recipe, out, config, resume, progress)
     cached = precompute_teacher_logits(t_net, dls) if teacher_logits == 'precomputed' else None
     cache = load_or_build_cache(t_net, teacher_ckpt, dls.train, bf16=sp.bf16, progress=progress) if sp.teacher_cache else None
-    peer_lr = reference_recipe(teacher).lr if m.trains_teacher else None
     prepare_models(sp, s_net, t_net)
-    learn, lr = distill_learner(dls, s_net, t_net, m, recipe, out, cached, peer_lr, speed=sp, cache=cache)
-    return fit_run(learn, recipe, out, config, resume, progress, lr=lr)
+    learn, lr = distill_learner(dls, s_net, t_net, m, recipe, out, cached, speed=sp, cache=cache)
+    return fit_run(learn, recipe, out, config, resume, progress, lr=lr, start=start)
 
-def _fitnet_hint_stage(dls, student, teacher, method, recipe, out, config, resume, progress):
-    "FitNet's first stage: train student and connector on the hint alone (lr steps at 40%/70%)."
-    n = method.hint_epochs
-    hint_recipe = Recipe(**{**asdict(recipe), 'epochs': n, 'milestones': (max(1, round(.4 * n)), max(1, round(.7 * n)))})
-    method.hint_only = True
-    try:
-        learn, lr = distill_learner(dls, student, teacher, method, hint_recipe, out/'hint')
-        fit_run(learn, hint_recipe, out/'hint', {**config, 'stage': 'hint'}, resume, progress, lr=lr)
-    finally: method.hint_only = False
+def run_pre_stages(dls, student, teacher, method:Method, recipe:Recipe, out, config:dict, resume:bool=False, progress:bool=True) -> dict|None:
+    "Train `method`'s pre-stages in order, each a run in `out/NAME` starting where the last ended; returns the last one's final checkpoint."
+    ckpt = None
+    for st in method.pre_stages():
+        r, sdir = replace(recipe, epochs=st.epochs, milestones=st.milestones, lr=st.lr or recipe.lr), Path(out)/st.name
+        method.stage = st.name
+        try:
+            learn, lr = distill_learner(dls, student, teacher, method, r, sdir)
+            fit_run(learn, r, sdir, {**config, 'stage': st.name, 'epochs': r.epochs, 'milestones': list(r.milestones), 'lr': r.lr}, resume, progress, lr=lr, start=ckpt)
+        finally:
+            method.stage = None
+            # no gradient outlives its stage: a module the next stage leaves unused (the hint regressor) must not be
+            # weight-decayed there through a stale zero gradient, which a run resumed between the stages would not have
+            for net in (student, method): net.zero_grad(set_to_none=True)
+        ckpt = load_checkpoint(sdir/'last.pt')
+    return ckpt

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np, torch, torch.nn as nn
 from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders
-from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.core import Callback
 from fastai.torch_core import default_device
-from .core import KdnbError, save_torch
+from .core import KdnbError, save_torch, check_device
 from .data import WithIndex, ImageArrayDataset, get_dataset, _head, CIFAR10_STATS, CIFAR100_STATS
 
 # %% auto #0
-__all__ = ['COMPILE_MODES', 'SPEED_PRESETS', 'STATS', 'Speed', 'parse_speed', 'reflect_pad', 'crop_views', 'view_id',
-           'view_params', 'DeviceImageLoader', 'array_dataloaders', 'device_dataloaders', 'prepare_models',
-           'speed_callbacks', 'TeacherLogitCache', 'cache_key', 'load_or_build_cache']
+__all__ = ['COMPILE_MODES', 'SPEED_PRESETS', 'PRECISIONS', 'STATS', 'Speed', 'parse_speed', 'reflect_pad', 'crop_views',
+           'view_id', 'view_params', 'DeviceImageLoader', 'array_dataloaders', 'device_dataloaders', 'prepare_models',
+           'BF16Autocast', 'speed_callbacks', 'TeacherLogitCache', 'cache_key', 'load_or_build_cache']
 
 # %% ../nbs/14_fast.ipynb #4a3824ac
 COMPILE_MODES = ('default', 'max-autotune', 'reduce-overhead')
@@ -36,31 +36,38 @@ class Speed:
     cudnn_benchmark: bool = False
 
     def on(self, device) -> Speed:
-        "The options that apply on `device`: bf16 autocast, cuDNN and CUDA graphs need a GPU."
+        "The options that apply on `device`: cuDNN's autotuner and CUDA graphs need a GPU (bf16 autocast runs on a CPU too)."
         if torch.device(device).type == 'cuda': return self
-        return replace(self, bf16=False, cudnn_benchmark=False, compile='default' if self.compile == 'reduce-overhead' else self.compile)
+        return replace(self, cudnn_benchmark=False, compile='default' if self.compile == 'reduce-overhead' else self.compile)
 
-    def __str__(self): return ','.join(f.name + (f'={v}' if f.name == 'compile' else '') for f in fields(self) if (v := getattr(self, f.name))) or 'off'
+    @property
+    def precision(self) -> str: return 'bf16' if self.bf16 else 'fp32'
 
-SPEED_PRESETS = {'off': Speed(), 'fast': Speed(device_data=True, bf16=True, channels_last=True, cudnn_benchmark=True)}
+    def __str__(self): return ','.join(f.name + (f'={v}' if f.name == 'compile' else '') for f in fields(self) if f.name != 'bf16' and (v := getattr(self, f.name))) or 'off'
 
-def parse_speed(text:str|Speed|None='auto', device=None) -> Speed:
-    "`'auto'`, `'off'`, `'fast'`, or either preset plus options: 'fast,compile,teacher_cache', 'off,device_data', 'fast,-bf16', 'compile=max-autotune'."
-    device = torch.device(device or default_device())
-    if isinstance(text, Speed): return text.on(device)
+SPEED_PRESETS = {'off': Speed(), 'fast': Speed(device_data=True, channels_last=True, cudnn_benchmark=True)}
+PRECISIONS = ('fp32', 'bf16')
+
+def parse_speed(text:str|Speed|None='auto', device=None, precision:str|None=None) -> Speed:
+    "`'auto'`, `'off'`, `'fast'`, or either preset plus options ('fast,compile,teacher_cache', 'off,device_data', 'compile=max-autotune'), in `precision`."
+    try: device = torch.device(device or default_device())  # a device this machine lacks is refused when a run starts
+    except RuntimeError: raise KdnbError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if precision not in (None, *PRECISIONS): raise KdnbError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if isinstance(text, Speed): return (text if precision is None else replace(text, bf16=precision == 'bf16')).on(device)
     parts = [p.strip() for p in str(text or 'auto').split(',') if p.strip()]
     base = parts.pop(0) if parts and parts[0] in (*SPEED_PRESETS, 'auto') else 'off'
     s = SPEED_PRESETS['fast' if base == 'auto' and device.type == 'cuda' else 'off' if base == 'auto' else base]
-    names = [f.name for f in fields(Speed)]
+    names = [f.name for f in fields(Speed) if f.name != 'bf16']
     for p in parts:
         name, _, val = p.lstrip('-').partition('=')
+        if name == 'bf16': raise KdnbError("bf16 changes results, so it is a precision, not a speed option: pass --precision bf16 (grid specs: `precision: bf16`)")
         if name not in names: raise KdnbError(f"unknown speed option {name!r}; use auto, off, fast and/or: {', '.join(names)}")
         if name == 'compile':
             mode = None if p.startswith('-') else (val or 'default')
             if mode not in (None, *COMPILE_MODES): raise KdnbError(f"compile mode {val!r}: choose one of {', '.join(COMPILE_MODES)}")
             s = replace(s, compile=mode)
         else: s = replace(s, **{name: not p.startswith('-')})
-    return s.on(device)
+    return replace(s, bf16=precision == 'bf16').on(device)
 
 # %% ../nbs/14_fast.ipynb #ce00d56e
 def reflect_pad(images:torch.Tensor, pad:int) -> torch.Tensor:
@@ -144,9 +151,20 @@ def prepare_models(speed:Speed, trained:nn.Module, *others:nn.Module) -> nn.Modu
     if speed.compile: trained.compile(mode=speed.compile)
     return trained
 
+class BF16Autocast(Callback):
+    "bf16 autocast of the forward pass and the loss, on the model's device (CUDA or CPU); gradients and weights stay fp32."
+    order = 10
+    def before_batch(self):
+        self.ctx = torch.autocast(next(self.learn.model.parameters()).device.type, dtype=torch.bfloat16)
+        self.ctx.__enter__()
+    def _exit(self):
+        if getattr(self, 'ctx', None) is not None: self.ctx.__exit__(None, None, None); self.ctx = None
+    def after_loss(self): self._exit()
+    def after_cancel_batch(self): self._exit()  # a batch cancelled inside autocast must not leave it on
+
 def speed_callbacks(speed:Speed) -> list:
-    "fastai callbacks for `speed`: bf16 autocast."
-    return [MixedPrecision(amp_mode='bf16')] if speed.bf16 else []
+    "fastai callbacks for `speed`: bf16 autocast when the precision is bf16."
+    return [BF16Autocast()] if speed.bf16 else []
 
 # %% ../nbs/14_fast.ipynb #aac093df
 class TeacherLogitCache:
@@ -166,7 +184,7 @@ class TeacherLogitCache:
         for v in (progress_bar(range(dl.n_views), leave=False) if progress else range(dl.n_views)):
             for s in range(0, n, bs):
                 idx = torch.arange(s, min(s + bs, n), device=dev)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and dev.type == 'cuda'):
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                     z = teacher(dl.views(idx, torch.full_like(idx, v)))
                 if out is None: out = torch.empty(n, dl.n_views, z.shape[1], dtype=dtype, device=dev)
                 out[idx, v] = z.to(dtype)

@@ -6,24 +6,25 @@ Docs: https://kdnb-team.github.io/kdnb/grid.html.md"""
 
 # %% ../nbs/12_grid.ipynb #76280ffc
 from __future__ import annotations
-import fcntl, hashlib, json, os, re, signal, socket, subprocess, sys, time, traceback
+import fcntl, hashlib, json, math, os, re, signal, socket, subprocess, sys, time, traceback
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import yaml
 import kdnb
-from .core import KdnbError, save_json, load_json, atomic_write
+from .core import KdnbError, save_json, load_json, atomic_write, check_number, check_device, DirLock
 
 # %% auto #0
 __all__ = ['SETTINGS', 'GRID_KEYS', 'EXPERIMENT_KEYS', 'SETTING_DEFAULTS', 'BACKENDS', 'SpecError', 'Cell', 'Entry', 'Plan',
-           'load_spec', 'expand_grid', 'load_plan', 'cell_dir', 'read_results', 'cell_state', 'CellLock', 'is_locked',
-           'experiment_notebook', 'cell_parameters', 'log_event', 'execute_cell', 'LocalBackend', 'RayBackend',
-           'check_data', 'describe_plan', 'run_grid']
+           'load_spec', 'teacher_checkpoint_path', 'expand_grid', 'load_plan', 'cell_dir', 'read_results', 'cell_state',
+           'cell_identity', 'identity_change', 'changed_cells', 'CellLock', 'is_locked', 'experiment_notebook',
+           'cell_parameters', 'log_event', 'execute_cell', 'LocalBackend', 'RayBackend', 'check_data', 'describe_plan',
+           'check_teachers', 'run_grid']
 
 # %% ../nbs/12_grid.ipynb #6ee87aa1
-SETTINGS = ('dataset', 'data_root', 'seeds', 'teacher_seed', 'epochs', 'lr', 'bs', 'max_items', 'speed')
-GRID_KEYS = {'name', 'description', 'experiments', *SETTINGS}
+SETTINGS = ('dataset', 'data_root', 'seeds', 'teacher_seed', 'epochs', 'lr', 'bs', 'max_items', 'speed', 'precision', 'benchmark')
+GRID_KEYS = {'name', 'description', 'experiments', 'teachers', *SETTINGS}
 EXPERIMENT_KEYS = {'title', 'pairs', 'models', 'methods', 'hparams', 'teacher_logits', 'reference', *SETTINGS}
-SETTING_DEFAULTS = dict(dataset='CIFAR-100', data_root=None, seeds=[0], teacher_seed=0, epochs=None, lr=None, bs=None, max_items=None, speed='auto')
+SETTING_DEFAULTS = dict(dataset='CIFAR-100', data_root=None, seeds=[0], teacher_seed=0, epochs=None, lr=None, bs=None, max_items=None, speed='auto', precision='fp32', benchmark='reference')
 
 class SpecError(KdnbError):
     "A grid spec that cannot be run; the message names the file, the place in it and the field."
@@ -31,6 +32,11 @@ class SpecError(KdnbError):
 def _fail(file, where, fld, msg): raise SpecError(f"{file}: {where}, field '{fld}': {msg}")
 
 # %% ../nbs/12_grid.ipynb #1b4a4580
+def _method_uses(method:str|None) -> str:
+    "The features a method takes from the two networks, as it describes itself (`Method.uses`)."
+    from kdnb.distill import METHODS
+    return METHODS[method].uses if method else ''
+
 @dataclass
 class Cell:
     "One run of a grid: `model` trained from scratch, or `student` distilled from `teacher` with `method`."
@@ -50,12 +56,15 @@ class Cell:
     max_items: int|None = None
     data_root: str|None = None
     speed: str = 'auto'
+    precision: str = 'fp32'
+    benchmark: str = 'reference'  # whose recipes (kdnb.train.RECIPES)
+    teacher_ckpt: str|None = None  # a downloaded teacher's checkpoint; None: the teacher cell's (in `after`)
     after: list = field(default_factory=list)
 
     def recipe(self):
         "The training recipe this cell runs with (the reference recipe of its trained model, with the grid's overrides)."
         from kdnb.train import reference_recipe
-        return reference_recipe(self.model or self.student).scaled(self.epochs, lr=self.lr, bs=self.bs)
+        return reference_recipe(self.model or self.student, self.benchmark).scaled(self.epochs, lr=self.lr, bs=self.bs)
 
     def describe(self) -> str:
         "One line: what runs, with which hyper-parameters and recipe."
@@ -64,7 +73,13 @@ class Cell:
                f"{self.method}({', '.join(f'{k}={v}' for k, v in self.hparams.items())}) {self.teacher} -> {self.student}" + \
                (f" [{self.teacher_logits} teacher logits]" if self.teacher_logits != 'online' else '')
         extra = f", first {self.max_items} images" if self.max_items else ''
-        return f"{what}; {r.epochs} ep, bs {r.bs}, lr {r.lr:g} (x{r.gamma:g} at {'/'.join(map(str, r.milestones))}){extra}"
+        uses = f"; {_method_uses(self.method)}" if self.kind == 'distill' and _method_uses(self.method) else ''
+        return f"{what}; {r.epochs} ep, bs {r.bs}, lr {r.lr:g} (x{r.gamma:g} at {'/'.join(map(str, r.milestones))}), {self.precision}{extra}{uses}{self._teacher_source()}"
+
+    def _teacher_source(self) -> str:
+        if self.kind != 'distill': return ''
+        if self.teacher_ckpt: return f"; teacher: checkpoint {self.teacher_ckpt}" + ('' if Path(self.teacher_ckpt).is_file() else ' (not found)')
+        return f"; teacher: cell {self.after[0]}" if self.after else '; teacher: a peer trained alongside'
 
 @dataclass
 class Entry:
@@ -104,6 +119,9 @@ def _check_settings(file, where, d:dict) -> dict:
             v = DATASETS.canonical(v)
         elif k == 'data_root':
             if v is not None and not isinstance(v, str): _fail(file, where, k, f"must be a folder path, not {v!r}")
+        elif k == 'precision':
+            from kdnb.fast import PRECISIONS
+            if v not in PRECISIONS: _fail(file, where, k, f"must be one of {', '.join(PRECISIONS)}, not {v!r}")
         elif k == 'speed':
             from kdnb.fast import parse_speed
             try: parse_speed(v, 'cpu')
@@ -114,8 +132,12 @@ def _check_settings(file, where, d:dict) -> dict:
             for s in v: _check_int(file, where, k, s, allow_none=False, minimum=0)
             if len(set(v)) != len(v): _fail(file, where, k, f"lists a seed twice: {v}")
         elif k == 'teacher_seed': _check_int(file, where, k, v, allow_none=False, minimum=0)
+        elif k == 'benchmark':
+            from kdnb.train import RECIPES
+            if v not in RECIPES: _fail(file, where, k, f"must name a benchmark's recipes, one of {', '.join(RECIPES)}; not {v!r}")
         elif k == 'lr':
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0): _fail(file, where, k, f"must be a positive number or null, not {v!r}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
+                _fail(file, where, k, f"must be a finite positive number or null, not {v!r}")
         else: _check_int(file, where, k, v)
         out[k] = v
     return out
@@ -127,9 +149,10 @@ def _model(file, where, fld, name):
         _fail(file, where, fld, f"unknown model {name!r}; `kdnb models` lists them: {', '.join(MODELS.names())}")
     return MODELS.canonical(name)
 
-def _pair(file, where, p) -> tuple[str, str]:
+def _pair(file, where, p) -> tuple[str, ...]:
+    "'TEACHER -> STUDENT', or a chain 'A -> B -> C' (B learns from A, then teaches C), as canonical model names."
     parts = p if isinstance(p, list) else str(p).split('->')
-    if len(parts) != 2: _fail(file, where, 'pairs', f"{p!r} is not a pair; write 'TEACHER -> STUDENT'")
+    if len(parts) < 2: _fail(file, where, 'pairs', f"{p!r} is not a pair; write 'TEACHER -> STUDENT' (or a chain 'A -> B -> C')")
     return tuple(_model(file, f"{where}, pair {p!r}", 'pairs', str(x).strip()) for x in parts)
 
 def _mapping(file, where, fld, v) -> dict:
@@ -148,9 +171,9 @@ def _method_hparams(file, where, method, spec_hp:dict, pairs) -> dict:
             if pair not in pairs: _fail(file, where, 'hparams', f"pair {k!r} of {method} is not in this experiment's pairs")
             per[pair] = dict(_mapping(file, f"{where}, pair {k!r}", 'hparams', v))
         else: per.setdefault(None, {})[k] = v
-    for hp in per.values():
+    for pair, hp in per.items():
         try: create_method(method, **hp)
-        except (KdnbError, TypeError, ValueError) as e: _fail(file, where, 'hparams', str(e))
+        except (KdnbError, TypeError, ValueError) as e: _fail(file, where + (f", pair {' -> '.join(pair)!r}" if pair else ''), 'hparams', str(e))
     return per
 
 def load_spec(path) -> dict:
@@ -162,16 +185,32 @@ def load_spec(path) -> dict:
     if not isinstance(spec, dict): raise SpecError(f"{path}: a grid spec is a mapping with an 'experiments' field, not {type(spec).__name__}")
     return spec
 
+# %% ../nbs/12_grid.ipynb #620c1fe4
+def teacher_checkpoint_path(model:str, teachers_dir) -> Path:
+    "Where mdistiller's layout keeps the published checkpoint of zoo model `model`: DIR/NAME_vanilla/ckpt_epoch_240.pth, NAME theirs."
+    from kdnb.models.core import peer_name
+    return Path(teachers_dir)/f"{peer_name(model) or model}_vanilla"/'ckpt_epoch_240.pth'
+
+def _teacher_files(file, mapping, teachers_dir):
+    "A function: teacher model -> its checkpoint file (from the spec's `teachers:` or `teachers_dir`), or None to train it."
+    given = {}
+    for k, v in _mapping(file, 'top level', 'teachers', mapping).items():
+        if not isinstance(v, str): _fail(file, 'top level', 'teachers', f"{k}: {v!r} is not a checkpoint file path")
+        p = Path(v).expanduser()
+        given[_model(file, 'top level', 'teachers', k)] = str(Path(teachers_dir)/p if teachers_dir and not p.is_absolute() else p)
+    return lambda m: given.get(m) or (str(teacher_checkpoint_path(m, teachers_dir)) if teachers_dir else None)
+
 # %% ../nbs/12_grid.ipynb #0d99c479
 def _hash(d:dict) -> str: return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:6]
 
-def expand_grid(spec:dict, file='grid spec') -> Plan:
-    "Check `spec` and expand it into its cells (dependencies first) and table entries."
+def expand_grid(spec:dict, file='grid spec', teachers=None) -> Plan:
+    "Check `spec` and expand it into its cells (dependencies first) and table entries; `teachers`: a folder of downloaded teachers."
     from kdnb.distill import METHODS, create_method, default_hparams
     file = str(file)
     for k in spec:
         if k not in GRID_KEYS: _fail(file, 'top level', k, f"unknown field; allowed: {', '.join(sorted(GRID_KEYS))}")
     top = {**SETTING_DEFAULTS, **_check_settings(file, 'top level', spec)}
+    teacher_file = _teacher_files(file, spec.get('teachers'), teachers)
     exps = spec.get('experiments')
     if not isinstance(exps, dict) or not exps: _fail(file, 'top level', 'experiments', "must map experiment names to experiments")
     cells, entries = {}, []
@@ -189,8 +228,9 @@ def expand_grid(spec:dict, file='grid spec') -> Plan:
         for k in e:
             if k not in EXPERIMENT_KEYS: _fail(file, where, k, f"unknown field; allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
         s = {**top, **_check_settings(file, where, e)}
-        rec = dict(dataset=s['dataset'], epochs=s['epochs'], lr=s['lr'], bs=s['bs'], max_items=s['max_items'], data_root=s['data_root'], speed=s['speed'])
-        def train(m, seed): return add(Cell(f"{s['dataset']}/train/{m}/s{seed}", 'train', seed=seed, model=m, **rec), where)
+        rec = dict(dataset=s['dataset'], epochs=s['epochs'], lr=s['lr'], bs=s['bs'], max_items=s['max_items'], data_root=s['data_root'], speed=s['speed'], precision=s['precision'], benchmark=s['benchmark'])
+        low = '-bf16' if s['precision'] == 'bf16' else ''  # a bf16 run is another experiment than the fp32 one
+        def train(m, seed): return add(Cell(f"{s['dataset']}/train/{m}{low}/s{seed}", 'train', seed=seed, model=m, **rec), where)
         refs = _mapping(file, where, 'reference', e.get('reference'))
         def ref(col, row):
             v = _mapping(file, where, 'reference', refs.get(col, {})).get(row)
@@ -219,22 +259,30 @@ def expand_grid(spec:dict, file='grid spec') -> Plan:
         variants = [variants] if isinstance(variants, str) else variants
         if not isinstance(variants, list) or not variants or any(v not in ('online', 'precomputed') for v in variants):
             _fail(file, where, 'teacher_logits', f"must list 'online' and/or 'precomputed', not {variants!r}")
-        for t, st in pairs:
-            col = f"{t} -> {st}"
-            tid = train(t, s['teacher_seed'])
-            entries.append(Entry(ename, col, 'Teacher', [tid], ref(col, 'Teacher')))
+        for chain in pairs:  # a pair, or a chain A -> B -> C whose every student teaches the next step
+            t, st, col = chain[0], chain[-1], ' -> '.join(chain)
+            tck = teacher_file(t)  # a downloaded teacher: no cell trains it
+            tid = None if tck else train(t, s['teacher_seed'])
+            entries.append(Entry(ename, col, 'Teacher', [tid] if tid else [], ref(col, 'Teacher')))
             entries.append(Entry(ename, col, 'Student', [train(st, sd) for sd in s['seeds']], ref(col, 'Student')))
             for m in methods:
                 meth = create_method(m)
-                base = default_hparams(m, t, st)
-                over = {**hps[m].get(None, {}), **hps[m].get((t, st), {})}
-                hp = {**base, **over}
+                if meth.trains_teacher and len(chain) > 2: _fail(file, f"{where}, method {m!r}", 'pairs', f"{m} trains its peer from scratch, so it cannot run along the chain {col!r}")
                 for v in variants:
                     if v == 'precomputed' and (not meth.logits_only or meth.trains_teacher):
                         _fail(file, f"{where}, method {m!r}", 'teacher_logits', f"{m} cannot use pre-computed teacher logits (it needs the teacher's features or trains it); only {', '.join(n for n in METHODS.names() if create_method(n).logits_only and not create_method(n).trains_teacher)} can")
-                    name = m + ('-precomputed' if v == 'precomputed' else '') + (f'-{_hash(hp)}' if hp != base else '')
-                    ids = [add(Cell(f"{s['dataset']}/distill/{t}_{st}/{name}/s{sd}", 'distill', seed=sd, teacher=t, student=st, method=m,
-                                    hparams=hp, teacher_logits=v, after=[] if meth.trains_teacher else [tid], **rec), where) for sd in s['seeds']]
+                    ids = []
+                    for sd in s['seeds']:
+                        prev = tid
+                        for i in range(1, len(chain)):
+                            a, b = chain[i - 1], chain[i]
+                            base = default_hparams(m, a, b)
+                            hp = {**base, **hps[m].get(None, {}), **hps[m].get(chain, {})}
+                            name = m + ('-precomputed' if v == 'precomputed' else '') + (f'-{_hash(hp)}' if hp != base else '') + low
+                            prev = add(Cell(f"{s['dataset']}/distill/{'_'.join(chain[:i + 1])}/{name}/s{sd}", 'distill', seed=sd, teacher=a, student=b,
+                                            method=m, hparams=hp, teacher_logits=v, after=[] if meth.trains_teacher or prev is None else [prev],
+                                            teacher_ckpt=tck if i == 1 and not meth.trains_teacher else None, **rec), where)
+                        ids.append(prev)
                     row = m if len(variants) == 1 else f"{m} ({v})"
                     entries.append(Entry(ename, col, row, ids, ref(col, row)))
     return Plan(file, spec, _topological(list(cells.values())), entries)
@@ -250,21 +298,33 @@ def _topological(cells:list[Cell]) -> list[Cell]:
     for c in sorted(cells, key=lambda c: c.kind != 'train'): visit(c)
     return out
 
-def load_plan(path) -> Plan:
-    "Read, check and expand the grid spec at `path`."
-    return expand_grid(load_spec(path), path)
+def load_plan(path, teachers=None) -> Plan:
+    "Read, check and expand the grid spec at `path` (`teachers`: a folder of downloaded teacher checkpoints)."
+    return expand_grid(load_spec(path), path, teachers)
 
 # %% ../nbs/12_grid.ipynb #0812093d
 def cell_dir(out, cell_id:str) -> Path: return Path(out)/'cells'/cell_id
 
+def _finite(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def _results_problem(res) -> str|None:
+    "What makes `res` unusable as a cell's results (another schema, a non-finite accuracy), or None."
+    if not isinstance(res, dict): return f"a {type(res).__name__}, not a mapping"
+    for part in ('last', 'best'):
+        if not isinstance(res.get(part), dict): return f"no {part!r} epoch"
+        if not _finite(res[part].get('top1')): return f"{part} top-1 is {res[part].get('top1')!r}, not a number"
+    if not isinstance(res.get('config'), dict) or not isinstance(res['config'].get('num_classes'), int): return "no config with num_classes"
+    if not isinstance(res.get('epochs'), int): return "no epoch count"
+    ev = res.get('evaluation')
+    if ev is not None and not (isinstance(ev, dict) and _finite(ev.get('top1'))): return "the evaluation's top-1 is not a number"
+
 def read_results(run_dir) -> dict|None:
-    "The finished results in `run_dir`, or None; raises `KdnbError` if the file is corrupt."
+    "The finished results in `run_dir`, or None; raises `KdnbError` if the file is corrupt, of another schema or holds a non-finite number."
     f = Path(run_dir)/'results.json'
     if not f.exists(): return None
     try: res = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise KdnbError(f"{f} is corrupt ({e})") from None
-    if not isinstance(res, dict) or not isinstance(res.get('last'), dict) or 'top1' not in res['last']:
-        raise KdnbError(f"{f} is corrupt (no last-epoch top-1)")
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e: raise KdnbError(f"{f} is corrupt ({e})") from None
+    if (problem := _results_problem(res)) is not None: raise KdnbError(f"{f} is corrupt or of another kdnb version ({problem})")
     return res if 'evaluation' in res else None
 
 def cell_state(run_dir) -> str:
@@ -276,21 +336,33 @@ def cell_state(run_dir) -> str:
     if (run_dir/'error.json').exists(): return 'failed'
     return 'started' if (run_dir/'config.json').exists() else 'new'
 
+# %% ../nbs/12_grid.ipynb #ff04538f
+def cell_identity(cell:Cell) -> dict:
+    "Every setting of `cell` that changes its result, JSON-ready: all its fields but `data_root` and `teacher_ckpt` (where the files are) and `after` (the teacher cell, checked on its own)."
+    return json.loads(json.dumps({k: v for k, v in asdict(cell).items() if k not in ('data_root', 'after', 'teacher_ckpt')}, default=str))
+
+def identity_change(stored:dict, new:dict) -> str|None:
+    "The first setting in which identity `new` differs from `stored`, the cell's when it ran ('field: a there, b in the spec'), or None."
+    defaults = cell_identity(Cell(new['id'], new['kind'], new['dataset'], new['seed']))
+    for k in sorted(new):  # a field this kdnb added since the cell ran counts only if set away from its default
+        old = stored.get(k, defaults[k]) if k not in ('model', 'teacher', 'student', 'method') else stored.get(k)
+        if old != new[k]: return f"{k}: {old!r} there, {new[k]!r} in the spec"
+
+def changed_cells(plan:Plan, out) -> list[str]:
+    "'cell (change)' for each cell of `plan` that ran in `out` with other settings."
+    found = []
+    for c in plan.cells:
+        f = cell_dir(out, c.id)/'cell.json'
+        if not f.exists(): continue
+        try: stored = load_json(f)
+        except KdnbError: stored = {}
+        if (ch := identity_change(stored, cell_identity(c))) is not None: found.append(f"{c.id} ({ch})")
+    return found
+
 # %% ../nbs/12_grid.ipynb #9ae61aec
-class CellLock:
-    "Non-blocking exclusive lock on a cell's folder; `acquire()` returns False if another process holds it."
-    def __init__(self, run_dir): self.path, self.fd = Path(run_dir)/'.lock', None
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError: os.close(fd); return False
-        self.fd = fd
-        return True
-    def release(self):
-        if self.fd is not None: fcntl.flock(self.fd, fcntl.LOCK_UN); os.close(self.fd); self.fd = None
-    def __enter__(self): return self
-    def __exit__(self, *a): self.release()
+class CellLock(DirLock):
+    "Non-blocking exclusive lock on a cell's folder (its `.lock`); `acquire()` returns False if another process holds it."
+    def __init__(self, run_dir): super().__init__(run_dir, '.lock')
 
 def is_locked(run_dir) -> bool:
     "Whether some process is running the cell in `run_dir` now."
@@ -311,8 +383,12 @@ def cell_parameters(cell:Cell, out, device=None, data_root=None) -> dict:
              hparams=cell.hparams, teacher_logits=cell.teacher_logits, dataset=cell.dataset,
              data_root=str(Path(data_root or cell.data_root).resolve()) if (data_root or cell.data_root) else None,
              epochs=cell.epochs, lr=cell.lr, bs=cell.bs, seed=cell.seed, max_items=cell.max_items,
-             out_dir=str(cell_dir(out, cell.id).resolve()), device=device, speed=cell.speed, cell_id=cell.id)
-    if cell.after: p['teacher_ckpt'] = str((cell_dir(out, cell.after[0])/'last.pt').resolve())
+             out_dir='.', device=device, speed=cell.speed, precision=cell.precision, benchmark=cell.benchmark, cell_id=cell.id,
+             identity=cell_identity(cell))
+    # paths inside the grid are relative to the cell's folder (the notebook runs there), so a copied or moved grid, or one a
+    # second machine mounts elsewhere, resumes its cells: each run's config.json records the same teacher path
+    if cell.after: p['teacher_ckpt'] = os.path.relpath(cell_dir(out, cell.after[0])/'last.pt', cell_dir(out, cell.id))
+    if cell.teacher_ckpt: p['teacher_ckpt'] = str(Path(cell.teacher_ckpt).expanduser().resolve())  # a downloaded teacher, outside the grid
     return p
 
 def log_event(out, cell_id:str, event:str, **info):
@@ -328,6 +404,7 @@ def _plain(text:str) -> str: return re.sub(r'\x1b\[[0-9;]*m', '', text)  # trace
 def execute_cell(out, params:dict, notebook=None) -> dict:
     "Run the cell `params['cell_id']` of the grid in `out` through papermill; returns {'status': 'done'|'failed'|'locked', ...}."
     import papermill as pm
+    params = dict(params); identity = params.pop('identity', None)  # not a notebook parameter
     out, cid = Path(out), params['cell_id']
     run_dir = cell_dir(out, cid)
     lock = CellLock(run_dir)
@@ -340,6 +417,12 @@ def execute_cell(out, params:dict, notebook=None) -> dict:
             res, note = None, f"{e}; set aside as results.json.corrupt, re-running the cell"
         else: note = None
         if res is not None: return dict(cell=cid, status='done', top1=res['last']['top1'], seconds=0., note='finished earlier')
+        if identity is not None:
+            try: stored = load_json(run_dir/'cell.json') if (run_dir/'cell.json').exists() else None
+            except KdnbError: stored = None  # unreadable: this run's settings replace it
+            if stored is not None and (ch := identity_change(stored, identity)) is not None:
+                return dict(cell=cid, status='failed', error=f"this cell ran with other settings ({ch}); restore the spec, or use a new --out")
+            if stored != identity: save_json(identity, run_dir/'cell.json')
         (run_dir/'error.json').unlink(missing_ok=True)
         log_event(out, cid, 'start')
         t0 = time.time()
@@ -473,18 +556,37 @@ def describe_plan(plan:Plan, out=None) -> str:
                 f"cells per experiment (shared ones counted in each): {per}")
     return '\n'.join(rows)
 
+# %% ../nbs/12_grid.ipynb #a9989e96
+def check_teachers(plan:Plan):
+    "Raise one clear error, before any cell runs, if a downloaded teacher's checkpoint file is missing."
+    missing = sorted({c.teacher_ckpt for c in plan.cells if c.teacher_ckpt and not Path(c.teacher_ckpt).expanduser().is_file()})
+    if missing:
+        raise KdnbError(f"{plan.file}: {len(missing)} teacher checkpoint{'s' * (len(missing) > 1)} not found: {', '.join(missing)}; "
+                        "download the published teachers (mdistiller's cifar_teachers.tar, RepDistiller's fetch_pretrained_teachers.sh) "
+                        "and pass their folder with --teachers DIR, or fix the spec's `teachers:` paths")
+
 # %% ../nbs/12_grid.ipynb #62ec72d3
 def run_grid(spec, out, workers:int|None=None, dry_run:bool=False, backend:str='local', address:str|None=None,
-             device:str|None=None, data_root=None, notebook=None, progress:bool=True) -> dict:
-    "Run every unfinished cell of grid spec `spec` into `out`; returns {cell id: outcome}."
+             device:str|None=None, data_root=None, notebook=None, progress:bool=True, teachers=None) -> dict:
+    "Run every unfinished cell of grid spec `spec` into `out`; returns {cell id: outcome}. `teachers`: a folder of downloaded teachers."
     from fastprogress.fastprogress import progress_bar
-    plan, out = load_plan(spec), Path(out)
+    plan, out = load_plan(spec, teachers), Path(out)
     if dry_run: print(describe_plan(plan, out)); return {}
     if backend not in BACKENDS: raise KdnbError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if backend == 'ray' and not address: raise KdnbError("--backend ray needs --address HOST:PORT of a running Ray cluster")  # before any file is written
+    if workers is not None: check_number('--workers', workers, minimum=1, integer=True, fix='pass the number of cells to run at a time')
+    if backend == 'local': check_device(device)  # a Ray cluster's nodes may have the GPUs this machine lacks
+    if notebook is not None and not Path(notebook).is_file(): raise KdnbError(f"--notebook {notebook}: no such notebook file")
+    if out.exists() and not out.is_dir(): raise KdnbError(f"--out {out} is a file, not a folder; choose a folder for the grid")
     check_data(plan, data_root)
+    check_teachers(plan)
+    if changed := changed_cells(plan, out):  # before grid.yaml, so the table keeps describing what ran
+        raise KdnbError(f"{spec} changes the settings of {len(changed)} cell{'s' * (len(changed) > 1)} already run in {out}: {changed[0]}"
+                        + (f" and {len(changed) - 1} more" if len(changed) > 1 else '')
+                        + "; results of other settings are never relabelled: restore the spec, or give the changed grid a new --out")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out/'grid.yaml') as f: f.write(Path(spec).read_text())
+    if teachers: save_json(dict(teachers=str(Path(teachers).expanduser().resolve())), out/'teachers.json')  # for `kdnb grid table`
     nb = Path(notebook) if notebook else experiment_notebook()
     runner = BACKENDS[backend](out, workers=workers, device=device, notebook=nb, address=address)
     started, outcomes = time.time(), {}

@@ -6,22 +6,25 @@ Docs: https://kdnb-team.github.io/kdnb/losses.html.md"""
 
 # %% ../nbs/08_losses.ipynb #109e0ad4
 from __future__ import annotations
-import torch, torch.nn.functional as F
+import math, torch, torch.nn.functional as F
 from .core import KdnbError
 
 # %% auto #0
-__all__ = ['SRD_LOGIT_LOSSES', 'kd_loss', 'pearson', 'dist_terms', 'dist_loss', 'attention_map', 'at_loss', 'dml_loss',
-           'hint_loss', 'logit_mse', 'prob_mse']
+__all__ = ['SRD_LOGIT_LOSSES', 'kd_loss', 'pearson', 'dist_terms', 'dist_loss', 'logit_standardize', 'dkd_terms', 'dkd_loss',
+           'attention_map', 'at_loss', 'dml_loss', 'hint_loss', 'logit_mse', 'prob_mse', 'rkd_loss', 'pkt_loss',
+           'sp_loss', 'cc_matrix', 'cc_loss', 'pool_to_smaller', 'nst_loss', 'vid_loss', 'kdsvd_loss', 'crd_nce_loss',
+           'fsp_matrices', 'fsp_loss', 'ab_loss', 'ft_loss', 'ofd_margin', 'ofd_loss', 'hcl_loss']
 
 # %% ../nbs/08_losses.ipynb #bf081b1d
-def _pair(s:torch.Tensor, t:torch.Tensor, what:str='logits'):
+def _pair(s:torch.Tensor, t:torch.Tensor, what:str='logits', stand:bool=False):
     if s.shape != t.shape: raise KdnbError(f"student {what} {tuple(s.shape)} and teacher {what} {tuple(t.shape)} must have the same shape")
-    return s.float(), t.float()
+    s, t = s.float(), t.float()
+    return (logit_standardize(s), logit_standardize(t)) if stand else (s, t)
 
 # %% ../nbs/08_losses.ipynb #b1890739
-def kd_loss(student_logits:torch.Tensor, teacher_logits:torch.Tensor, T:float=4.) -> torch.Tensor:
-    "$T^2$-scaled, batch-mean KL(softmax(t/T) || softmax(s/T))."
-    s, t = _pair(student_logits, teacher_logits)
+def kd_loss(student_logits:torch.Tensor, teacher_logits:torch.Tensor, T:float=4., logit_stand:bool=False) -> torch.Tensor:
+    "$T^2$-scaled, batch-mean KL(softmax(t/T) || softmax(s/T)); `logit_stand`: of the standardized logits (Sun et al., 2024)."
+    s, t = _pair(student_logits, teacher_logits, stand=logit_stand)
     return F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), reduction='batchmean', log_target=True) * T * T
 
 # %% ../nbs/08_losses.ipynb #df016e49
@@ -30,27 +33,53 @@ def pearson(a:torch.Tensor, b:torch.Tensor, eps:float=1e-8) -> torch.Tensor:
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
-def dist_terms(student_logits, teacher_logits, tau:float|None=4.) -> tuple[torch.Tensor, torch.Tensor]:
-    "DIST's (inter-class, intra-class) relation losses."
-    s, t = _pair(student_logits, teacher_logits)
+def dist_terms(student_logits, teacher_logits, tau:float|None=4., logit_stand:bool=False) -> tuple[torch.Tensor, torch.Tensor]:
+    "DIST's (inter-class, intra-class) relation losses; `logit_stand`: of the standardized logits."
+    s, t = _pair(student_logits, teacher_logits, stand=logit_stand)
     if tau is None: ys, yt, scale = s, t, 1.
     else: ys, yt, scale = F.softmax(s / tau, 1), F.softmax(t / tau, 1), tau * tau
     return scale * (1 - pearson(ys, yt).mean()), scale * (1 - pearson(ys.T, yt.T).mean())
 
-def dist_loss(student_logits, teacher_logits, beta:float=1., gamma:float=1., tau:float|None=1.) -> torch.Tensor:
+def dist_loss(student_logits, teacher_logits, beta:float=1., gamma:float=1., tau:float|None=1., logit_stand:bool=False) -> torch.Tensor:
     "`beta` x inter-class + `gamma` x intra-class DIST loss."
-    inter, intra = dist_terms(student_logits, teacher_logits, tau)
+    inter, intra = dist_terms(student_logits, teacher_logits, tau, logit_stand)
     return beta * inter + gamma * intra
+
+# %% ../nbs/08_losses.ipynb #166f4422
+def logit_standardize(z:torch.Tensor, eps:float=1e-7) -> torch.Tensor:
+    "Each row of `z` minus its mean, over its (unbiased) standard deviation + `eps`: Sun et al.'s Z-score logits."
+    z = z.float()
+    return (z - z.mean(-1, keepdim=True)) / (z.std(-1, keepdim=True) + eps)
+
+# %% ../nbs/08_losses.ipynb #7b98317c
+def dkd_terms(student_logits, teacher_logits, target:torch.Tensor, T:float=4., logit_stand:bool=False) -> tuple[torch.Tensor, torch.Tensor]:
+    "DKD's (TCKD, NCKD): T^2-scaled, batch-mean KL of the target/rest split and of the non-target distributions."
+    s, t = _pair(student_logits, teacher_logits, stand=logit_stand)
+    if s.ndim != 2 or s.shape[1] < 2 or tuple(target.shape) != tuple(s.shape[:1]):
+        raise KdnbError(f"DKD needs (batch, classes >= 2) logits and one target per row: got logits {tuple(s.shape)} and targets {tuple(target.shape)}")
+    gt = F.one_hot(target.long(), s.shape[1]).bool()
+    def split(z):
+        lp = F.log_softmax(z / T, 1)
+        rest = lp[~gt].view(len(z), -1)  # the non-target classes' log-probabilities, in class order
+        return torch.stack([lp[gt], rest.logsumexp(1)], 1), rest.log_softmax(1)  # log b, log p-hat
+    (bs, ns), (bt, nt) = split(s), split(t)
+    def kl(ls, lt): return (lt.exp() * (lt - ls)).sum(1).mean() * T * T
+    return kl(bs, bt), kl(ns, nt)
+
+def dkd_loss(student_logits, teacher_logits, target:torch.Tensor, alpha:float=1., beta:float=8., T:float=4., logit_stand:bool=False) -> torch.Tensor:
+    "Decoupled KD: alpha TCKD + beta NCKD."
+    tckd, nckd = dkd_terms(student_logits, teacher_logits, target, T, logit_stand)
+    return alpha * tckd + beta * nckd
 
 # %% ../nbs/08_losses.ipynb #fbf2d981
 def attention_map(f:torch.Tensor, p:float=2, size=None) -> torch.Tensor:
-    "L2-normalised, flattened channel mean of |f|^p, optionally average-pooled to `size` first."
-    a = f.float().abs().pow(p).mean(1, keepdim=True)
-    if size is not None and tuple(a.shape[-2:]) != tuple(size): a = F.adaptive_avg_pool2d(a, size)
-    return F.normalize(a.flatten(1), dim=1)
+    "L2-normalised, flattened channel mean of |f|^p; the feature map is average-pooled to `size` first."
+    f = f.float()
+    if size is not None and tuple(f.shape[-2:]) != tuple(size): f = F.adaptive_avg_pool2d(f, size)
+    return F.normalize(f.abs().pow(p).mean(1).flatten(1), dim=1)
 
 def at_loss(student_feats:list, teacher_feats:list, p:float=2) -> torch.Tensor:
-    "Sum over feature pairs of the mean squared difference of their attention maps."
+    "Sum over feature pairs (paired by index) of the mean squared difference of their attention maps."
     if len(student_feats) != len(teacher_feats): raise KdnbError(f"AT needs as many student as teacher maps, got {len(student_feats)} and {len(teacher_feats)}")
     total = 0.
     for fs, ft in zip(student_feats, teacher_feats):
@@ -79,3 +108,190 @@ SRD_LOGIT_LOSSES = {
     'kl': lambda s, t: kd_loss(s, t, T=1.),
     'pmse': prob_mse,
 }
+
+# %% ../nbs/08_losses.ipynb #94e88a48
+def _batch_pair(s:torch.Tensor, t:torch.Tensor, what:str, min_batch:int=1):
+    "Student and teacher tensors of the same batch, flattened to (batch, features), in float32."
+    if s.shape[0] != t.shape[0]: raise KdnbError(f"{what}: the student's {tuple(s.shape)} and the teacher's {tuple(t.shape)} have different batch sizes")
+    if s.shape[0] < min_batch: raise KdnbError(f"{what} needs at least {min_batch} samples in a batch, got {s.shape[0]}")
+    return s.float().flatten(1), t.float().flatten(1)
+
+def _distances(e:torch.Tensor) -> torch.Tensor:
+    "Euclidean distance matrix with a zero diagonal (and a finite gradient there)."
+    sq = e.pow(2).sum(1)
+    d = (sq[:, None] + sq[None] - 2 * e @ e.T).clamp_min(1e-12).sqrt()
+    return d * (1 - torch.eye(len(e), device=e.device))
+
+def _angles(e:torch.Tensor) -> torch.Tensor:
+    "[i, j, k]: cosine of the angle at e_i between e_j and e_k (0 when j or k is i)."
+    u = F.normalize(e[None] - e[:, None], dim=2)  # [i, j]: unit vector from e_i to e_j
+    return u @ u.transpose(1, 2)
+
+def rkd_loss(student_emb:torch.Tensor, teacher_emb:torch.Tensor, distance_weight:float=25., angle_weight:float=50.) -> torch.Tensor:
+    "Relational KD: Huber losses between the normalised distance matrices and between the angle tensors."
+    s, t = _batch_pair(student_emb, teacher_emb, 'RKD', min_batch=2)
+    off = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
+    def dist(e): d = _distances(e); return d / d[off].mean().clamp_min(1e-12)
+    return distance_weight * F.smooth_l1_loss(dist(s), dist(t)) + angle_weight * F.smooth_l1_loss(_angles(s), _angles(t))
+
+def pkt_loss(student_emb:torch.Tensor, teacher_emb:torch.Tensor, eps:float=1e-7) -> torch.Tensor:
+    "Probabilistic knowledge transfer: KL between the cosine-kernel conditional probabilities, mean over the B x B pairs."
+    s, t = _batch_pair(student_emb, teacher_emb, 'PKT')
+    def cond(e):
+        e = e / (e.norm(dim=1, keepdim=True) + eps)
+        k = (e @ e.T + 1) / 2
+        return k / k.sum(1, keepdim=True)
+    ps, pt = cond(s), cond(t)
+    return (pt * torch.log((pt + eps) / (ps + eps))).mean()
+
+# %% ../nbs/08_losses.ipynb #3bcbfe8e
+def _maps_pairs(student_feats:list, teacher_feats:list, what:str):
+    if len(student_feats) != len(teacher_feats): raise KdnbError(f"{what} needs as many student as teacher maps, got {len(student_feats)} and {len(teacher_feats)}")
+    return zip(student_feats, teacher_feats)
+
+def sp_loss(student_feats:list, teacher_feats:list) -> torch.Tensor:
+    "Similarity-preserving KD: squared Frobenius distance of the row-normalised B x B Gram matrices over B^2, summed over map pairs."
+    total = 0.
+    for fs, ft in _maps_pairs(student_feats, teacher_feats, 'SP'):
+        s, t = _batch_pair(fs, ft, 'SP')
+        gs, gt = F.normalize(s @ s.T, dim=1), F.normalize(t @ t.T, dim=1)
+        total = total + (gs - gt).pow(2).sum() / len(s) ** 2
+    return total
+
+def cc_matrix(f:torch.Tensor, gamma:float=0.4, order:int=2) -> torch.Tensor:
+    "Order-`order` Taylor expansion of the Gaussian RBF kernel between the L2-normalised rows of `f`."
+    sim = F.normalize(f.float().flatten(1), dim=1)
+    sim = sim @ sim.T
+    return sum(math.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) * sim.pow(p) for p in range(order + 1))
+
+def cc_loss(student_emb:torch.Tensor, teacher_emb:torch.Tensor, gamma:float=0.4, order:int=2) -> torch.Tensor:
+    "Correlation congruence: mean squared difference of the student's and teacher's B x B kernel correlation matrices."
+    s, t = _batch_pair(student_emb, teacher_emb, 'CC')
+    return (cc_matrix(s, gamma, order) - cc_matrix(t, gamma, order)).pow(2).mean()
+
+# %% ../nbs/08_losses.ipynb #60838393
+def pool_to_smaller(fs:torch.Tensor, ft:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "Average-pool whichever of two maps is larger to the other's spatial size."
+    size = (min(fs.shape[-2], ft.shape[-2]), min(fs.shape[-1], ft.shape[-1]))
+    def pool(f): return f if tuple(f.shape[-2:]) == size else F.adaptive_avg_pool2d(f, size)
+    return pool(fs), pool(ft)
+
+def nst_loss(student_feats:list, teacher_feats:list) -> torch.Tensor:
+    "Neuron selectivity transfer: squared MMD (polynomial kernel, d=2) between the channels' normalised spatial maps, summed over map pairs."
+    total = 0.
+    for fs, ft in _maps_pairs(student_feats, teacher_feats, 'NST'):
+        _batch_pair(fs, ft, 'NST')
+        s, t = pool_to_smaller(fs.float(), ft.float())
+        s, t = F.normalize(s.flatten(2), dim=2), F.normalize(t.flatten(2), dim=2)  # (B, C, HW)
+        def k(a, b): return (a @ b.transpose(1, 2)).pow(2).mean()
+        total = total + k(t, t) + k(s, s) - 2 * k(s, t)
+    return total
+
+def vid_loss(pred_mean:torch.Tensor, target:torch.Tensor, var:torch.Tensor) -> torch.Tensor:
+    "Gaussian negative log-likelihood of `target` under mean `pred_mean` and per-channel variance `var`, mean per element."
+    m, t = _pair(pred_mean, target, 'maps')
+    if var.ndim != 1 or len(var) != t.shape[1]: raise KdnbError(f"VID needs one variance per channel of {tuple(t.shape)}, got {tuple(var.shape)}")
+    v = var.float().view(1, -1, *[1] * (t.ndim - 2))
+    return (0.5 * ((t - m) ** 2 / v + v.log())).mean()
+
+# %% ../nbs/08_losses.ipynb #6d794f20
+def _right_singular(f:torch.Tensor, n:int) -> tuple[torch.Tensor, torch.Tensor]:
+    "The first `n` right singular vectors (B, C, n) of each sample's HW x C map, and their singular values normalised over the `n` (B, n)."
+    _, s, vh = torch.linalg.svd(f.float().flatten(2).transpose(1, 2), full_matrices=False)
+    return vh[:, :n].transpose(1, 2), F.normalize(s[:, :n], dim=1)
+
+def kdsvd_loss(student_feats:list, teacher_feats:list, k:int=1) -> torch.Tensor:
+    "KDSVD: squared differences of the Gaussian relations between consecutive maps' leading singular vectors, summed, over the batch."
+    total, prev = 0., None
+    for j, (fs, ft) in enumerate(_maps_pairs(student_feats, teacher_feats, 'KDSVD')):
+        _batch_pair(fs, ft, 'KDSVD')
+        if fs.shape[1] != ft.shape[1]: raise KdnbError(f"KDSVD aligns singular vectors over channels: map {j} has {fs.shape[1]} student and {ft.shape[1]} teacher channels")
+        vt, st = _right_singular(ft, k)
+        vt = vt * vt.gather(1, vt.abs().argmax(1, keepdim=True)).sign()  # a fixed sign: largest entry positive
+        vs, _ = _right_singular(fs, k + 3)
+        cos = vs.transpose(1, 2) @ vt  # (B, k + 3, k)
+        best = cos.abs().argmax(1, keepdim=True)  # for each teacher vector, the most aligned student vector
+        vs = vs.gather(2, best.expand(-1, vs.shape[1], -1)) * cos.gather(1, best).sign()
+        vs, vt = vs * st[:, None], vt * st[:, None]
+        if prev is not None:
+            def rbf(v, w): return torch.exp(-(v[:, :, None] - w[:, None]).pow(2) / 8)  # (B, C_j, C_j-1, k)
+            total = total + (rbf(vs, prev[0]) - rbf(vt, prev[1])).pow(2).sum() / len(fs)
+        prev = vs, vt
+    return total
+
+# %% ../nbs/08_losses.ipynb #0a11738d
+def crd_nce_loss(scores:torch.Tensor, n_data:int, eps:float=1e-7) -> torch.Tensor:
+    "NCE loss of CRD on (B, K+1) normalised scores, the positive in column 0, with noise probability 1/`n_data`."
+    p = scores.float()
+    if p.ndim != 2 or p.shape[1] < 2: raise KdnbError(f"CRD's NCE needs (batch, 1 + negatives) scores, got {tuple(p.shape)}")
+    noise = (p.shape[1] - 1) / n_data  # K / N
+    return -(torch.log(p[:, 0] / (p[:, 0] + noise + eps)).sum() + torch.log(noise / (p[:, 1:] + noise + eps)).sum()) / len(p)
+
+# %% ../nbs/08_losses.ipynb #d3c86aa7
+def fsp_matrices(feats:list) -> list[torch.Tensor]:
+    "FSP matrices (B, C_next, C_prev) of each pair of consecutive maps: channel products averaged over space (the larger map pooled to the smaller)."
+    out = []
+    for bot, top in zip(feats[:-1], feats[1:]):
+        bot, top = pool_to_smaller(bot.float(), top.float())
+        out.append(top.flatten(2) @ bot.flatten(2).transpose(1, 2) / bot[0, 0].numel())
+    return out
+
+def fsp_loss(student_feats:list, teacher_feats:list) -> torch.Tensor:
+    "Sum over consecutive map pairs of the mean squared difference of the student's and teacher's FSP matrices."
+    for j, (fs, ft) in enumerate(_maps_pairs(student_feats, teacher_feats, 'FSP')):
+        _batch_pair(fs, ft, 'FSP')
+        if fs.shape[1] != ft.shape[1]: raise KdnbError(f"FSP compares channel with channel: map {j} has {fs.shape[1]} student and {ft.shape[1]} teacher channels")
+    return sum((gs - gt).pow(2).mean() for gs, gt in zip(fsp_matrices(student_feats), fsp_matrices(teacher_feats)))
+
+# %% ../nbs/08_losses.ipynb #4b0cba69
+def ab_loss(student_feats:list, teacher_feats:list, margin:float=1.) -> torch.Tensor:
+    "Activation-boundary loss between (connected) student and teacher pre-activation maps, the deepest pair weighted 1, each shallower one half."
+    pairs, total = list(_maps_pairs(student_feats, teacher_feats, 'AB')), 0.
+    for j, (fs, ft) in enumerate(pairs):
+        s, t = _pair(fs, ft, 'pre-activation maps')
+        l = (s + margin).pow(2) * ((s > -margin) & (t <= 0)) + (s - margin).pow(2) * ((s <= margin) & (t > 0))
+        total = total + 2. ** (j - len(pairs) + 1) * l.sum() / len(s) * 3 / 1000
+    return total
+
+# %% ../nbs/08_losses.ipynb #dc02afa1
+def ft_loss(student_factor:torch.Tensor, teacher_factor:torch.Tensor, p1:float=2., p2:float=1.) -> torch.Tensor:
+    "Factor transfer: mean |phi(s) - phi(t)|^p2 with phi the L2-normalised channel mean of |factor|^p1 (the larger map pooled to the smaller)."
+    _batch_pair(student_factor, teacher_factor, 'FT')
+    s, t = pool_to_smaller(student_factor.float(), teacher_factor.float())
+    def phi(f): return F.normalize(f.pow(p1).mean(1).flatten(1), dim=1)
+    return (phi(s) - phi(t)).abs().pow(p2).mean()
+
+# %% ../nbs/08_losses.ipynb #bcc3dbb4
+def ofd_margin(bn_weight:torch.Tensor, bn_bias:torch.Tensor) -> torch.Tensor:
+    "OFD's margin per channel: E[x | x < 0] for x ~ N(bias, weight^2), or -3|weight| where P(x < 0) <= 0.001."
+    s, m = bn_weight.detach().float().abs().clamp_min(1e-8), bn_bias.detach().float()  # a zero scale: a constant channel, no division by 0
+    normal = torch.distributions.Normal(0., 1.)
+    p_neg = normal.cdf(-m / s)
+    expected = m - s * torch.exp(normal.log_prob(m / s)) / p_neg
+    return torch.where(p_neg > 0.001, expected, -3 * s)
+
+def ofd_loss(student_feats:list, teacher_feats:list, margins:list) -> torch.Tensor:
+    "OFD's partial L2 between connected student and teacher pre-activation maps, batch mean, summed; the deepest pair weighted 1, each shallower one half."
+    pairs, total = list(_maps_pairs(student_feats, teacher_feats, 'OFD')), 0.
+    for j, ((fs, ft), m) in enumerate(zip(pairs, margins)):
+        _batch_pair(fs, ft, 'OFD')
+        s, t = fs.float(), F.adaptive_avg_pool2d(ft.float(), fs.shape[-2:])
+        if s.shape != t.shape or m.shape != (s.shape[1],): raise KdnbError(f"OFD: student {tuple(s.shape)}, teacher {tuple(ft.shape)} and margins {tuple(m.shape)} do not match")
+        m = m.float().view(1, -1, 1, 1)
+        d = (s - m).pow(2) * ((s > m) & (t <= m)) + (s - t).pow(2) * ((s > t) & (t > m) & (t <= 0)) + (s - t).pow(2) * (t > 0)
+        total = total + d.sum() / len(s) / 2 ** (len(pairs) - j - 1)
+    return total
+
+# %% ../nbs/08_losses.ipynb #16a999c4
+def hcl_loss(student_feats:list, teacher_feats:list) -> torch.Tensor:
+    "ReviewKD's hierarchical context loss: per pair, MSE plus halving-weighted MSEs of 4x4, 2x2, 1x1 poolings smaller than the map, normalised; summed."
+    total = 0.
+    for fs, ft in _maps_pairs(student_feats, teacher_feats, 'ReviewKD'):
+        s, t = _pair(fs, ft, 'maps')
+        loss, w, tot = F.mse_loss(s, t), 1., 1.
+        for l in (4, 2, 1):
+            if l >= s.shape[-2]: continue
+            w /= 2; tot += w
+            loss = loss + w * F.mse_loss(F.adaptive_avg_pool2d(s, (l, l)), F.adaptive_avg_pool2d(t, (l, l)))
+        total = total + loss / tot
+    return total

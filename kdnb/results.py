@@ -11,19 +11,19 @@ from functools import lru_cache
 from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt, seaborn as sns
-from .core import KdnbError, atomic_write
+from .core import KdnbError, atomic_write, load_json
 from .grid import load_plan, cell_dir, cell_state, read_results, Plan
 
 # %% auto #0
-__all__ = ['grid_plan', 'n_params', 'collect_results', 'table_frame', 'markdown_table', 'write_table', 'plot_accuracy',
-           'plot_delta', 'training_curves', 'plot_curves', 'plot_accuracy_vs_params']
+__all__ = ['grid_plan', 'n_params', 'collect_results', 'table_frame', 'markdown_table', 'grid_markdown', 'write_table',
+           'write_report', 'plot_accuracy', 'plot_delta', 'training_curves', 'plot_curves', 'plot_accuracy_vs_params']
 
 # %% ../nbs/13_results.ipynb #f5af0ab4
 def grid_plan(out) -> Plan:
-    "The plan of the grid run into `out` (from the copy of its spec the runner keeps there)."
-    spec = Path(out)/'grid.yaml'
+    "The plan of the grid run into `out` (from the copy of its spec the runner keeps there, and its `--teachers` folder)."
+    spec, teachers = Path(out)/'grid.yaml', Path(out)/'teachers.json'
     if not spec.exists(): raise KdnbError(f"{out} has no grid.yaml: is it a directory given to `kdnb grid run --out`?")
-    return load_plan(spec)
+    return load_plan(spec, load_json(teachers)['teachers'] if teachers.exists() else None)
 
 @lru_cache(maxsize=None)
 def n_params(model:str, num_classes:int) -> int:
@@ -63,7 +63,8 @@ def table_frame(out) -> pd.DataFrame:
     return df
 
 def _fmt(r) -> str:
-    if r.finished == 0: txt = 'failed' if r.failed else 'pending'
+    if r.seeds == 0: txt = 'checkpoint'  # a downloaded teacher: no cell of the grid trains it
+    elif r.finished == 0: txt = 'failed' if r.failed else 'pending'
     else:
         txt = f"{r.top1_mean:.2f}" + (f" ± {r.top1_std:.2f}" if r.finished > 1 else '')
         if not np.isnan(r.delta): txt += f" ({r.delta:+.2f})"
@@ -86,17 +87,38 @@ def markdown_table(tf:pd.DataFrame, experiment:str, title:str|None=None, num_cla
     lines += [f"| {row} | " + ' | '.join(cell.get((row, c), '') for c in cols) + ' |' for row in rows]
     return '\n'.join(lines)
 
+_LEGEND = ("Top-1 accuracy (%) of the last epoch, mean ± std over seeds; (+delta) over the student trained from scratch; "
+           "ref = the published number (the reference's, or the paper the grid cites); checkpoint = a downloaded teacher.")
+
+def grid_markdown(out, tf:pd.DataFrame|None=None) -> str:
+    "Every table of the grid in `out` (one per experiment), under its name as a heading."
+    plan = grid_plan(out)
+    tf = table_frame(out) if tf is None else tf
+    from kdnb.data import get_dataset
+    def classes(x):  # the first cell of the experiment's table: a downloaded teacher's entry has none
+        ids = ' '.join(tf[tf.experiment == x].cells).split()
+        return get_dataset(next(c.dataset for c in plan.cells if c.id in ids)).num_classes if ids else None
+    return f"## {plan.spec.get('name', 'Results')}\n\n" + '\n\n'.join(
+        markdown_table(tf, x, (plan.spec['experiments'][x] or {}).get('title'), classes(x)) for x in plan.experiments())
+
 def write_table(out) -> tuple[Path, Path]:
     "Write `table.md` and `table.csv` into the grid directory `out`; returns their paths."
-    out, plan = Path(out), grid_plan(out)
-    tf = table_frame(out)
-    from kdnb.data import get_dataset
-    head = f"# {plan.spec.get('name', 'Results')}\n\nTop-1 accuracy (%) of the last epoch, mean ± std over seeds; (+delta) over the student trained from scratch; ref = the reference's number.\n\n"
-    def classes(x): return get_dataset(next(c.dataset for c in plan.cells if c.id in tf[tf.experiment == x].cells.iloc[0].split())).num_classes
-    md = head + '\n\n'.join(markdown_table(tf, x, (plan.spec['experiments'][x] or {}).get('title'), classes(x)) for x in plan.experiments()) + '\n'
+    out, tf = Path(out), table_frame(out)
+    md = f"# Results\n\n{_LEGEND}\n\n" + grid_markdown(out, tf) + '\n'
     with atomic_write(out/'table.md') as f: f.write(md)
     with atomic_write(out/'table.csv') as f: tf.to_csv(f, index=False)
     return out/'table.md', out/'table.csv'
+
+def write_report(outs:list, dest) -> tuple[Path, Path]:
+    "One report of the tables of several grid directories (e.g. the reference's grid and the CRD/DKD one): `dest` (.md) and a CSV beside it."
+    dest, tfs = Path(dest), []
+    parts = [f"# Results\n\n{_LEGEND}"]
+    for out in outs:
+        tf = table_frame(out)
+        parts.append(grid_markdown(out, tf)); tfs.append(tf.assign(grid=str(out)))
+    with atomic_write(dest) as f: f.write('\n\n'.join(parts) + '\n')
+    with atomic_write(dest.with_suffix('.csv')) as f: pd.concat(tfs, ignore_index=True).to_csv(f, index=False)
+    return dest, dest.with_suffix('.csv')
 
 # %% ../nbs/13_results.ipynb #c991ac1a
 def _methods_only(tf): return tf[~tf.row.isin(['Teacher', 'Student'])]

@@ -6,17 +6,18 @@ Docs: https://kdnb-team.github.io/kdnb/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #30c7729a
 from __future__ import annotations
-from .core import KdnbError, atomic_write, save_json, load_json, save_torch
-import random, time, platform, subprocess
+from .core import KdnbError, atomic_write, save_json, load_json, save_torch, check_number, check_device, DirLock
+import math, os, random, sys, time, platform, subprocess
 from dataclasses import dataclass, asdict, field
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn
 from fastai.learner import Learner
+from fastcore.basics import noop
 import fastai.callback.progress  # registers the fastprogress bar and `Learner.no_bar`
 from fastai.optimizer import SGD
 from fastai.metrics import accuracy, top_k_accuracy
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelTrainException
 from fastai.torch_core import set_seed, default_device
 import kdnb
 from .data import make_dataloaders, DatasetIndexCallback
@@ -24,14 +25,15 @@ from .fast import Speed, parse_speed, speed_callbacks, prepare_models, device_da
 from .models.core import create_model
 
 # %% auto #0
-__all__ = ['Recipe', 'reference_recipe', 'run_epoch', 'MultiStepLR', 'top1', 'top5', 'Checkpointer', 'load_checkpoint',
-           'load_weights', 'prepare_run_dir', 'make_learner', 'fit_run', 'git_commit', 'versions',
+__all__ = ['RECIPES', 'RUN_FILES', 'Recipe', 'reference_recipe', 'run_epoch', 'MultiStepLR', 'top1', 'top5', 'LossNotFinite',
+           'EpochLoss', 'Checkpointer', 'load_checkpoint', 'load_weights', 'run_dir', 'prepare_run_dir',
+           'check_batches', 'one_process_per_run', 'make_learner', 'fit_run', 'git_commit', 'versions',
            'make_run_dataloaders', 'train_model']
 
 # %% ../nbs/07_train.ipynb #06cb0ab9
 @dataclass
 class Recipe:
-    "Optimiser and schedule of one training run."
+    "Optimiser and schedule of one training run; values that cannot train (a non-finite or negative lr, zero epochs...) are refused."
     epochs: int = 240
     lr: float = 0.05
     milestones: tuple = (150, 180, 210)
@@ -39,19 +41,36 @@ class Recipe:
     wd: float = 5e-4
     momentum: float = 0.9
     gamma: float = 0.1
+    def __post_init__(self):
+        check_number('epochs', self.epochs, minimum=1, integer=True, fix='pass --epochs N with N >= 1')
+        check_number('bs', self.bs, minimum=1, integer=True, fix='pass --bs N with N >= 1')
+        check_number('lr', self.lr, above=0, fix='pass a positive --lr, or leave it out for the reference value')
+        for k in ('wd', 'momentum', 'gamma'): check_number(k, getattr(self, k), minimum=0)
+        for m in self.milestones: check_number('milestones', m, minimum=1, integer=True)
     def scaled(self, epochs:int|None=None, **overrides) -> Recipe:
-        "The same recipe over `epochs`, milestones kept at the same fractions of training."
-        r = Recipe(**{**asdict(self), **{k: v for k, v in overrides.items() if v is not None}})
-        if epochs and epochs != self.epochs:
-            r.milestones, r.epochs = tuple(max(1, round(m * epochs / self.epochs)) for m in self.milestones), epochs
-        return r
+        "The same recipe over `epochs` (None: the recipe's own), milestones kept at the same fractions of training."
+        kw = {**asdict(self), **{k: v for k, v in overrides.items() if v is not None}}
+        if epochs is not None and epochs != self.epochs:  # 0 is a value (refused), not "not given"
+            ms = tuple(max(1, round(m * epochs / self.epochs)) for m in self.milestones) if isinstance(epochs, int) else self.milestones
+            kw.update(epochs=epochs, milestones=ms)
+        return Recipe(**kw)
 
-def reference_recipe(model_name:str) -> Recipe:
-    "The benchmark's recipe for training `model_name` (as student, or as teacher from scratch)."
-    name = model_name.lower()
-    if name.startswith('mobilenetv2') or name.startswith('ghostnet'): return Recipe(lr=0.01)
-    if name.startswith('resnet'): return Recipe(epochs=350, lr=0.1, milestones=(150, 250, 320), bs=128)
-    return Recipe()
+# Each benchmark's recipes as data: (glob over the canonical model name, lower case) -> Recipe, first match wins.
+RECIPES = {
+    'reference': [('mobilenetv2*', Recipe(lr=0.01)), ('ghostnet*', Recipe(lr=0.01)),
+                  ('resnet-*', Recipe(epochs=350, lr=0.1, milestones=(150, 250, 320), bs=128)), ('*', Recipe())],
+    # the CRD/DKD tables (RepDistiller, mdistiller): 240 epochs, batch 64, lr 0.05 for every network, 0.01 for MobileNetV2/ShuffleNet
+    'crd': [('mobilenetv2*', Recipe(lr=0.01)), ('shufflenet*', Recipe(lr=0.01)), ('*', Recipe())],
+}
+
+def reference_recipe(model_name:str, benchmark:str='reference') -> Recipe:
+    "The recipe of `benchmark` (a key of `RECIPES`) for training `model_name` (as student, or as teacher from scratch)."
+    import fnmatch
+    from kdnb.models.core import model_name as zoo_name
+    if benchmark not in RECIPES: raise KdnbError(f"unknown benchmark {benchmark!r} for the recipe; choose one of: {', '.join(RECIPES)}")
+    try: name = zoo_name(model_name).lower()  # aliases too: RepDistiller's 'ShuffleV1' is ShuffleNetV1
+    except KdnbError: name = model_name.lower()
+    return Recipe(**asdict(next(r for pat, r in RECIPES[benchmark] if fnmatch.fnmatch(name, pat))))  # a copy, free to change
 
 # %% ../nbs/07_train.ipynb #77c663c0
 def run_epoch(learn) -> int:
@@ -72,6 +91,25 @@ class MultiStepLR(Callback):
 def top1(inp, targ): return accuracy(inp, targ)
 def top5(inp, targ): return top_k_accuracy(inp, targ, k=min(5, inp.shape[-1]))
 
+# %% ../nbs/07_train.ipynb #39b04d2e
+class LossNotFinite(KdnbError, CancelTrainException):
+    "A `KdnbError` that fastai passes on unchanged: it re-raises its Cancel* exceptions as they are (others get a prefix), and none of its loops catches a `CancelTrainException` raised in `after_train`."
+
+class EpochLoss(Callback):
+    "Mean training loss of each epoch (summed on the device); a non-finite one stops the run with a `KdnbError` naming the epoch and loss term."
+    order, mean = 60, None  # after the Distiller has set the batch's total loss
+    def before_train(self): self.total, self.count = 0., 0
+    def after_batch(self):
+        if self.training: self.total, self.count = self.total + self.learn.loss.detach().float(), self.count + 1
+    def after_train(self):
+        self.mean = float(self.total) / max(self.count, 1)  # the epoch's one sync
+        if math.isfinite(self.mean): return
+        sums = getattr(getattr(self.learn, 'distiller', None), 'sums', {})  # a distillation's per-term sums
+        bad = [k for k, v in sums.items() if not math.isfinite(float(v))]
+        raise LossNotFinite(f"the training loss is not finite ({self.mean}) in epoch {run_epoch(self.learn)}"
+                        + (f", loss term{'s' * (len(bad) > 1)} {', '.join(bad)}" if bad else '')
+                        + "; the run stops without saving that epoch: lower --lr or change the hyper-parameters, then start it again")
+
 # %% ../nbs/07_train.ipynb #876e96e2
 def _rng_state(learn):
     return dict(torch=torch.get_rng_state(), python=random.getstate(), numpy=np.random.get_state(),
@@ -84,7 +122,7 @@ def _set_rng_state(learn, s):
     learn.dls.train.rng.setstate(s['dl'])
 
 class Checkpointer(Callback):
-    "After each epoch: log metrics to `history.csv` and save `last.pt` in `out`, atomically."
+    "After each epoch: log metrics (`train_loss`: the epoch's mean loss) to `history.csv` and save `last.pt` in `out`, atomically."
     order = 70  # after the Recorder has the epoch's metrics
     def __init__(self, out, config:dict, history:list|None=None):
         self.out, self.config, self.history = Path(out), config, list(history or [])
@@ -94,6 +132,7 @@ class Checkpointer(Callback):
     def after_epoch(self):
         names = [n for n in self.recorder.metric_names if n != 'time']
         row = {n: float(v) if n != 'epoch' else int(v) for n, v in zip(names, self.recorder.log)}
+        if getattr(self.learn, 'epoch_loss', None) is not None: row['train_loss'] = self.learn.epoch_loss.mean  # exact, so equal after a resume
         row['seconds'] = round(time.time() - self.t0, 2)
         self.history.append(row)
         with atomic_write(self.out/'history.csv') as f: pd.DataFrame(self.history).to_csv(f, index=False)
@@ -102,15 +141,18 @@ class Checkpointer(Callback):
 
 # %% ../nbs/07_train.ipynb #4ff1de93
 def load_checkpoint(path) -> dict:
-    "Load a kdnb checkpoint, or raise a `KdnbError` saying what is wrong with it."
+    "Load a kdnb checkpoint (or a bare `state_dict`, as {'model': it}) whatever its file name, or raise a `KdnbError` saying what is wrong with it."
     path = Path(path)
-    if not path.exists(): raise KdnbError(f"checkpoint {path} does not exist")
+    if not path.exists(): raise KdnbError(f"checkpoint {path} does not exist; pass the path of a run's last.pt")
+    if path.is_dir(): raise KdnbError(f"checkpoint {path} is a folder; pass the checkpoint file in it (e.g. {path/'last.pt'})")
     try: ckpt = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as e:
-        raise KdnbError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); delete it to start that run "
-                        "again, or restore an intact copy") from None
-    if not isinstance(ckpt, dict) or 'model' not in ckpt:
-        raise KdnbError(f"{path} is not a kdnb checkpoint (no 'model' entry)")
+        raise KdnbError(f"checkpoint {path} is corrupt or truncated, or not a PyTorch file ({type(e).__name__}); delete it to "
+                        "start that run again, or restore an intact copy") from None
+    if isinstance(ckpt, dict) and 'model' not in ckpt and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        ckpt = {'model': ckpt}  # a bare state_dict
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
+        raise KdnbError(f"{path} is not a kdnb checkpoint (no 'model' weights in it); pass a run's last.pt or a saved state_dict")
     return ckpt
 
 def load_weights(model:nn.Module, ckpt:dict, path='checkpoint'):
@@ -129,23 +171,67 @@ def load_weights(model:nn.Module, ckpt:dict, path='checkpoint'):
     return model
 
 # %% ../nbs/07_train.ipynb #a166c40f
+RUN_FILES = ('last.pt', 'history.csv', 'results.json')  # what training leaves; config.json alone is only a start
+
+def run_dir(out) -> Path:
+    "`out` as a folder kdnb can write into (created if needed), or a `KdnbError` if it is a file or read-only."
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise KdnbError(f"--out {out} is a file, not a folder; choose a folder for the run")
+    try: out.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise KdnbError(f"cannot create the run folder {out} ({e.strerror}); choose another --out") from None
+    if not os.access(out, os.W_OK | os.X_OK): raise KdnbError(f"cannot write into {out} (no permission); choose another --out")
+    return out
+
+def _stored_config(out:Path) -> dict|None:
+    "The config of the run in `out`: config.json, or, if that is lost or corrupt, the copy its checkpoint holds."
+    try: return load_json(out/'config.json')
+    except (KdnbError, OSError): pass
+    if (out/'last.pt').exists(): return load_checkpoint(out/'last.pt').get('config')
+
 def prepare_run_dir(out, config:dict, resume:bool) -> dict|None:
     "Check `out` for `config`; return the checkpoint to resume from (or None to start fresh)."
-    out = Path(out)
-    cfg_file = out/'config.json'
-    if cfg_file.exists():
-        old = load_json(cfg_file)
-        diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
-        if diff:
-            k, (a, b) = next(iter(diff.items()))
-            raise KdnbError(f"{out} holds another run ({k}: {a!r} there, {b!r} here); choose a new --out directory")
-        if not resume:
-            raise KdnbError(f"{out} already holds this run; pass --resume to continue it, or choose a new --out directory")
-        return load_checkpoint(out/'last.pt') if (out/'last.pt').exists() else None
-    if out.exists() and any(p.name in ('last.pt', 'history.csv', 'results.json') for p in out.iterdir()):
-        raise KdnbError(f"{out} holds run files without a config.json; choose a new --out directory")
-    save_json(config, cfg_file)
-    return None
+    out = run_dir(out)
+    trained = [f for f in RUN_FILES if (out/f).exists()]
+    if not trained:  # a new folder, or a start that failed before its first epoch: nothing to keep, so the (corrected) run starts here
+        save_json(config, out/'config.json')
+        return None
+    old = _stored_config(out)
+    if not isinstance(old, dict):
+        raise KdnbError(f"{out} holds run files ({', '.join(trained)}) but neither config.json nor last.pt says which run; choose a new --out directory")
+    diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+    if diff:
+        k, (a, b) = next(iter(diff.items()))
+        raise KdnbError(f"{out} holds another run ({k}: {a!r} there, {b!r} here); choose a new --out directory")
+    if not resume:
+        raise KdnbError(f"{out} already holds this run; pass --resume to continue it, or choose a new --out directory")
+    if old != _json_or_none(out/'config.json'): save_json(old, out/'config.json')  # restore a lost or corrupt config.json from the checkpoint
+    if not (out/'last.pt').exists(): return None
+    ckpt = load_checkpoint(out/'last.pt')
+    if missing := [k for k in ('opt', 'epoch', 'history', 'rng') if k not in ckpt]:
+        raise KdnbError(f"{out/'last.pt'} holds weights but cannot resume a run (no {missing[0]!r}); choose a new --out directory")
+    return ckpt
+
+def _json_or_none(f):
+    try: return load_json(f)
+    except (KdnbError, OSError): return None
+
+def check_batches(dls):
+    "Refuse DataLoaders whose training split makes no full batch (the last partial one is dropped), before anything is written."
+    dl = dls.train
+    if len(dl) == 0:
+        raise KdnbError(f"no training batch: {len(dl.dataset)} training images make no full batch of {dl.bs}; lower --bs or raise --max-items")
+
+def one_process_per_run(fit):
+    "Decorator: `fit(learn, recipe, out, ...)` runs holding `out`'s run lock, so two processes never train into one folder."
+    @wraps(fit)
+    def _fit(learn, recipe, out, *args, **kwargs):
+        check_batches(learn.dls)  # before the folder is created
+        out = run_dir(out)
+        with DirLock(out, '.run.lock') as lock:
+            if not lock.acquire():
+                raise KdnbError(f"{out} is locked by another kdnb process training there; wait for it to finish, or choose another --out")
+            return fit(learn, recipe, out, *args, **kwargs)
+    return _fit
 
 # %% ../nbs/07_train.ipynb #bfb00a26
 def make_learner(dls, model:nn.Module, recipe:Recipe, out, cbs=(), metrics=None, splitter=None, speed:Speed|None=None) -> Learner:
@@ -153,31 +239,44 @@ def make_learner(dls, model:nn.Module, recipe:Recipe, out, cbs=(), metrics=None,
     kw = dict(splitter=splitter) if splitter else {}
     learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), lr=recipe.lr, wd=recipe.wd, wd_bn_bias=True,
                     opt_func=partial(SGD, mom=recipe.momentum, decouple_wd=False), metrics=metrics or [top1, top5],
-                    cbs=[DatasetIndexCallback(), MultiStepLR(recipe.milestones, recipe.gamma), *speed_callbacks(speed or Speed()), *cbs],
+                    cbs=[DatasetIndexCallback(), MultiStepLR(recipe.milestones, recipe.gamma), EpochLoss(), *speed_callbacks(speed or Speed()), *cbs],
                     path=out, model_dir='.', **kw)
     return learn
 
 def _summary(row): return {k: row[k] for k in row if k in ('epoch', 'top1', 'top5', 'valid_loss', 'train_loss') or k.startswith('peer')}
 
-def fit_run(learn:Learner, recipe:Recipe, out, config:dict, resume:bool=False, progress:bool=True, lr=None) -> dict:
+def _epoch_line(learn):
+    "A fastai logger printing each epoch's metrics as one plain line."
+    def log(row):
+        print('  '.join(f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}" for n, v in zip(learn.recorder.metric_names, row)), flush=True)
+    return log
+
+@one_process_per_run
+def fit_run(learn:Learner, recipe:Recipe, out, config:dict, resume:bool=False, progress:bool=True, lr=None, start:dict|None=None) -> dict:
     "Fit `learn` for the run described by `config` in `out` (resuming if asked) and return its results."
+    # `start`: the final checkpoint of an earlier stage; a fresh run starts from its weights and random state, so
+    # a multi-stage run resumed between two stages equals an uninterrupted one
     out = Path(out)
-    if (out/'results.json').exists() and resume and (out/'config.json').exists() and load_json(out/'config.json') == config:
-        return load_json(out/'results.json')
     ckpt = prepare_run_dir(out, config, resume)
+    if (out/'results.json').exists(): return load_json(out/'results.json')  # finished earlier (prepare_run_dir checked it is this run)
     learn.epoch_offset, history = 0, []
     if ckpt is not None:
         load_weights(learn.model, ckpt, out/'last.pt')
         learn.create_opt(); learn.opt.load_state_dict(ckpt['opt'])
         learn.epoch_offset, history = ckpt['epoch'], ckpt['history']
         _set_rng_state(learn, ckpt['rng'])
+    elif start is not None:
+        load_weights(learn.model, start); _set_rng_state(learn, start['rng'])
     t0 = time.time()
     remaining = recipe.epochs - learn.epoch_offset
     if remaining > 0:
         cbs = [Checkpointer(out, config, history)]
-        if progress: learn.fit(remaining, lr=lr or recipe.lr, cbs=cbs)
-        else:
-            with learn.no_bar(), learn.no_logging(): learn.fit(remaining, lr=lr or recipe.lr, cbs=cbs)
+        if progress and sys.stdout.isatty(): learn.fit(remaining, lr=lr or recipe.lr, cbs=cbs)
+        else:  # a log file or CI gets one line per epoch, not the bar's redraws
+            logger, learn.logger = learn.logger, _epoch_line(learn) if progress else noop
+            try:
+                with learn.no_bar(): learn.fit(remaining, lr=lr or recipe.lr, cbs=cbs)
+            finally: learn.logger = logger
         history = cbs[0].history
     best = max(history, key=lambda r: r['top1'])
     results = dict(config=config, last=_summary(history[-1]), best=_summary(best), epochs=len(history),
@@ -207,6 +306,10 @@ def versions() -> dict:
 # %% ../nbs/07_train.ipynb #7419cb29
 def make_run_dataloaders(dataset, data_root, bs, num_workers, device, download, seed, max_items, speed:Speed):
     "The DataLoaders of a run: device-resident if `speed.device_data`, else torchvision transforms."
+    check_device(device)
+    check_number('seed', seed, minimum=0, integer=True, fix='pass --seed N with N >= 0')
+    check_number('num_workers', num_workers, minimum=0, integer=True, fix='pass --workers N with N >= 0 (0: load in the main process)')
+    if max_items is not None: check_number('max_items', max_items, minimum=1, integer=True, fix='pass --max-items N with N >= 1, or leave it out for all images')
     if speed.device_data:
         return device_dataloaders(dataset, data_root, bs=bs, device=device, download=download, seed=seed, max_items=max_items,
                                   channels_last=speed.channels_last)
@@ -214,15 +317,16 @@ def make_run_dataloaders(dataset, data_root, bs, num_workers, device, download, 
 
 def train_model(model:str, dataset:str='cifar10-subset', out='runs/train', epochs:int|None=None, resume:bool=False,
                 data_root=None, lr:float|None=None, bs:int|None=None, seed:int=0, num_workers:int=0, device=None,
-                progress:bool=True, download:bool=False, max_items:int|None=None, speed='auto') -> dict:
-    "Train zoo model `model` on `dataset` with the reference recipe; results and checkpoints go to `out`."
-    recipe = reference_recipe(model).scaled(epochs, lr=lr, bs=bs)
-    sp = parse_speed(speed, device)
+                progress:bool=True, download:bool=False, max_items:int|None=None, speed='auto', precision:str='fp32',
+                benchmark:str='reference') -> dict:
+    "Train zoo model `model` on `dataset` with the recipe of `benchmark` (`RECIPES`); results and checkpoints go to `out`."
+    recipe = reference_recipe(model, benchmark).scaled(epochs, lr=lr, bs=bs)
+    sp = parse_speed(speed, device, precision)
     dls = make_run_dataloaders(dataset, data_root, recipe.bs, num_workers, device, download, seed, max_items, sp)
     set_seed(seed)
     net = prepare_models(sp, create_model(model, num_classes=dls.num_classes))
     config = dict(kind='train', model=net.name, dataset=dataset, num_classes=dls.num_classes, seed=seed, max_items=max_items,
-                  speed=str(sp), **asdict(recipe))
+                  speed=str(sp), precision=sp.precision, **asdict(recipe))
     config['milestones'] = list(recipe.milestones)
     learn = make_learner(dls, net, recipe, out, speed=sp)
     return fit_run(learn, recipe, out, config, resume, progress)

@@ -24,8 +24,8 @@ def test_unknown_names(kdnb_cli, kdnb_main, tmp_path):
     "The installed command prints one line and exits 2; the other cases run its code in-process."
     one_line_error(kdnb_cli('train', '--model', 'WRN-99-9', '--out', tmp_path/'a'), "unknown model 'WRN-99-9'", 'WRN-40-4')
     one_line_error(kdnb_main('train', '--model', 'WRN-16-1', '--dataset', 'mnist', '--out', tmp_path/'b'), "unknown dataset 'mnist'", 'CIFAR-100')
-    one_line_error(kdnb_main('distill', '--teacher', 'WRN-16-2', '--student', 'WRN-16-1', '--method', 'CRD', '--out', tmp_path/'c'),
-                   "unknown method 'CRD'", 'SRDwithDIST')
+    one_line_error(kdnb_main('distill', '--teacher', 'WRN-16-2', '--student', 'WRN-16-1', '--method', 'NoSuchKD', '--out', tmp_path/'c'),
+                   "unknown method 'NoSuchKD'", 'SRDwithDIST')
     one_line_error(kdnb_main('distill', '--teacher', 'WRN-16-2', '--student', 'WRN-16-1', '--method', 'KD', '--tau', '2', '--out', tmp_path/'d'),
                    "has no hyper-parameter 'tau'")
 
@@ -79,6 +79,15 @@ def test_fitnet_two_stage(kdnb_cli, tmp_path, small_teacher):
     hint = json.loads((tmp_path/'fit'/'hint'/'results.json').read_text())
     assert hint['config']['stage'] == 'hint' and 'hint' in (tmp_path/'fit'/'hint'/'history.csv').read_text().splitlines()[0]
     assert json.loads((tmp_path/'fit'/'results.json').read_text())['config']['hparams']['hint_epochs'] == 1
+    assert 'hint' not in (tmp_path/'fit'/'history.csv').read_text().splitlines()[0].split(',')  # stage two is plain KD
+
+def test_precomputed_logits_with_device_data(kdnb_main, tmp_path, small_teacher):
+    "The consistency ablation on the GPU pipeline: pre-computed logits come from the device loader's own augmented views."
+    kdnb_main('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8', '--method', 'KD',
+              '--teacher-logits', 'precomputed', '--speed', 'off,device_data', '--epochs', '1', '--max-items', '64', '--bs', '16',
+              '--out', tmp_path/'pre', '--no-progress', check=True)
+    cfg = json.loads((tmp_path/'pre'/'results.json').read_text())['config']
+    assert (cfg['teacher_logits'], cfg['speed'], cfg['precision']) == ('precomputed', 'device_data', 'fp32')
 
 def test_precomputed_logits_only_for_logit_methods(kdnb_main, tmp_path, small_teacher):
     r = kdnb_main('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8', '--method', 'AT',
@@ -107,3 +116,13 @@ def test_method_plugin_from_readme(kdnb_cli, kdnb_main, tmp_path, small_teacher)
     assert {'ce', 'kd'} <= set((tmp_path/'run'/'history.csv').read_text().splitlines()[0].split(','))
     one_line_error(kdnb_main('distill', '--teacher', 'ResNet-8', '--student', 'ResNet-8', '--method', 'MyKD', '--out', tmp_path/'x'),
                    "unknown method 'MyKD'")  # without the plugin installed
+
+def test_demo_shows_student_alone_and_with_kd(kdnb_cli, tmp_path):
+    "`make demo`'s command, one epoch each: teacher, student alone, student with KD side by side, their curves, one line per epoch in a log."
+    r = kdnb_cli('demo', '--out', tmp_path/'demo', '--teacher-epochs', '1', '--student-epochs', '1', check=True)
+    assert '\r' not in r.stdout and sum(l.startswith('epoch 0  train_loss') for l in r.stdout.splitlines()) == 3, r.stdout
+    for label in ['teacher WRN-16-2', 'student WRN-16-1 alone', 'student WRN-16-1 with KD', 'KD gain over the student alone']:
+        assert label in r.stdout, r.stdout
+    alone, kd = (json.loads((tmp_path/'demo'/d/'results.json').read_text())['config'] for d in ('student-alone', 'student-kd'))
+    assert (alone['model'], alone['seed'], alone['epochs']) == (kd['student'], kd['seed'], kd['epochs']) == ('WRN-16-1', 0, 1)
+    assert (tmp_path/'demo'/'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

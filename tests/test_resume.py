@@ -52,3 +52,41 @@ def test_kill_the_cli_and_resume(tmp_path):
     # a finished run, asked to resume again, does nothing and reports its results
     r2 = subprocess.run(args + ['--resume'], capture_output=True, text=True)
     assert r2.returncode == 0 and 'results.json' in r2.stdout
+
+from kdnb.distill import distill_model
+import kdnb.train
+
+def two_stage_fitnet(out, teacher_ckpt):
+    return distill_model('WRN-16-1', 'ResNet-8', 'FitNet', teacher_ckpt, out=out, epochs=2, hint_epochs=2, max_items=64, bs=16,
+                         resume=True, progress=False, speed='off', device='cpu')
+
+def kill_at(monkeypatch, k:int, before_save:bool):
+    "Make the k-th epoch checkpoint of the process raise KeyboardInterrupt (a kill), just before or just after it is saved."
+    saves, real = [], kdnb.train.Checkpointer.after_epoch
+    def after_epoch(self):
+        saves.append(1)
+        if len(saves) == k and before_save: raise KeyboardInterrupt
+        real(self)
+        if len(saves) == k: raise KeyboardInterrupt
+    monkeypatch.setattr(kdnb.train.Checkpointer, 'after_epoch', after_epoch)
+
+def final_state(out):
+    ckpt = torch.load(out/'last.pt', map_location='cpu', weights_only=False)
+    return ckpt['model'], pd.read_csv(out/'history.csv').drop(columns='seconds'), pd.read_csv(out/'hint'/'history.csv').drop(columns='seconds')
+
+@pytest.mark.parametrize('k,before_save', [(1, False), (2, False), (3, True), (3, False)],
+                         ids=['mid-hint', 'hint-done-no-results', 'after-hint-results', 'mid-main'])
+def test_two_stage_fitnet_resumes_exactly(tmp_path, monkeypatch, k, before_save):
+    "Killed in the hint stage, between the stages or in the main stage, `resume` ends with the weights and history of an uninterrupted run."
+    teacher = tmp_path/'teacher.pth'
+    torch.save(create_model('ResNet-8', 10).state_dict(), teacher)
+    two_stage_fitnet(tmp_path/'straight', teacher)
+    with monkeypatch.context() as m:
+        kill_at(m, k, before_save)
+        with pytest.raises(KeyboardInterrupt): two_stage_fitnet(tmp_path/'killed', teacher)
+    assert not (tmp_path/'killed'/'results.json').exists()
+    two_stage_fitnet(tmp_path/'killed', teacher)
+    (w0, h0, hint0), (w1, h1, hint1) = final_state(tmp_path/'straight'), final_state(tmp_path/'killed')
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[n], w1[n]) for n in w0), [n for n in w0 if not torch.equal(w0[n], w1[n])][:5]
+    pd.testing.assert_frame_equal(hint0, hint1); pd.testing.assert_frame_equal(h0, h1)
+    assert 'hint' in hint0.columns and 'hint' not in h0.columns and len(h0) == 2

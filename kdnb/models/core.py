@@ -1,4 +1,4 @@
-"""`create_model`/`list_models` over the zoo, and one way to read any network's stage features, pooled embedding and logits in a single forward pass.
+"""`create_model`/`list_models` over the zoo (with the CRD/DKD code's names as aliases, and its published checkpoints), and one way to read any network's stage features, pooled embedding and logits in a single forward pass.
 
 Docs: https://kdnb-team.github.io/kdnb/models.core.html.md"""
 
@@ -7,15 +7,17 @@ Docs: https://kdnb-team.github.io/kdnb/models.core.html.md"""
 # %% ../../nbs/02_models.core.ipynb #8c935619
 from __future__ import annotations
 from ..core import KdnbError, Registry
-import fnmatch, importlib
+import fnmatch, importlib, re
 from dataclasses import dataclass, field
+from pathlib import Path
 import torch, torch.nn as nn
 from fastai.callback.hook import Hook
 
 # %% auto #0
-__all__ = ['TORCHVISION_RESNET_SPEC', 'MODELS', 'FeatureSpec', 'Features', 'FeatureHooks', 'get_module', 'extract_features',
-           'classify_feature_map', 'feature_spec', 'register_model', 'list_models', 'create_model', 'count_parameters',
-           'conv_bn', 'global_pool', 'init_weights']
+__all__ = ['TORCHVISION_RESNET_SPEC', 'MODELS', 'PEER_NAMES', 'PEER_PREFIX', 'FeatureSpec', 'Features', 'FeatureHooks',
+           'get_module', 'extract_features', 'classify_feature_map', 'feature_spec', 'register_model', 'list_models',
+           'model_name', 'create_model', 'count_parameters', 'conv_bn', 'global_pool', 'init_weights', 'peer_name',
+           'read_checkpoint', 'rename_keys', 'match_state', 'identify_state', 'load_checkpoint_weights']
 
 # %% ../../nbs/02_models.core.ipynb #14c068ec
 @dataclass
@@ -94,7 +96,7 @@ def feature_spec(model:nn.Module) -> FeatureSpec:
 
 # %% ../../nbs/02_models.core.ipynb #1d597920
 MODELS = Registry('model', group='kdnb.models')
-_FAMILIES = ['wrn', 'resnet', 'mobilenetv2', 'ghostnet']
+_FAMILIES = ['wrn', 'resnet', 'mobilenetv2', 'ghostnet', 'vgg', 'shufflenetv1', 'shufflenetv2']
 
 def _load_zoo():
     "Import every model family so its models are registered."
@@ -109,11 +111,17 @@ def list_models(pattern:str='*') -> list[str]:
     _load_zoo()
     return [n for n in MODELS.names() if fnmatch.fnmatch(n.lower(), pattern.lower())]
 
-def create_model(name:str, num_classes:int=100, **kwargs) -> nn.Module:
-    "A freshly initialised zoo model; `model.name` records its canonical name."
+def model_name(name:str) -> str:
+    "The zoo's canonical name for `name` or one of its aliases ('resnet32x4' -> 'ResNet-32x4')."
+    _load_zoo()
+    return MODELS.canonical(name)
+
+def create_model(name:str, num_classes:int=100, checkpoint_path=None, **kwargs) -> nn.Module:
+    "A zoo model, freshly initialised or with the weights in `checkpoint_path`; `model.name` records its canonical name."
     _load_zoo()
     model = MODELS[name](num_classes=num_classes, **kwargs)
     model.name, model.num_classes = MODELS.canonical(name), num_classes
+    if checkpoint_path is not None: load_checkpoint_weights(model, checkpoint_path)
     return model
 
 def count_parameters(model:nn.Module) -> int: return sum(p.numel() for p in model.parameters())
@@ -134,4 +142,114 @@ def init_weights(model:nn.Module):
         if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
         elif isinstance(m, nn.BatchNorm2d): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear) and m.bias is not None: nn.init.zeros_(m.bias)
+    return model
+
+# %% ../../nbs/02_models.core.ipynb #6c8601b8
+# RepDistiller's and mdistiller's model names (their `model_dict`) -> kdnb's
+PEER_NAMES = {**{f'resnet{d}': f'ResNet-{d}' for d in (8, 14, 20, 32, 44, 56, 110)},
+              'resnet8x4': 'ResNet-8x4', 'resnet32x4': 'ResNet-32x4', 'ResNet50': 'ResNet-50',
+              **{f'wrn_{d}_{k}': f'WRN-{d}-{k}' for d in (16, 40) for k in (1, 2, 4)},
+              **{f'vgg{d}': f'VGG-{d}' for d in (8, 11, 13, 16, 19)},
+              'ShuffleV1': 'ShuffleNetV1', 'ShuffleV2': 'ShuffleNetV2', 'MobileNetV2': 'MobileNetV2-x0.5'}
+PEER_PREFIX = 'crd:'
+
+def _register_peer_names():
+    for peer, ours in PEER_NAMES.items():
+        MODELS.alias(PEER_PREFIX + peer, ours)
+        if peer.lower() != ours.lower() and peer.lower() != 'mobilenetv2': MODELS.alias(peer, ours)  # kdnb's MobileNetV2 keeps its meaning
+        if peer.startswith('vgg'): MODELS.alias(f'{peer}_bn', ours)  # their VGGs are the BatchNorm variants
+    MODELS.alias('mobile_half', 'MobileNetV2-x0.5')
+_register_peer_names()
+
+def peer_name(name:str) -> str|None:
+    "The RepDistiller/mdistiller name of zoo model `name` (e.g. 'WRN-40-2' -> 'wrn_40_2'), or None if they have no such model."
+    ours = model_name(name)
+    return next((p for p, o in PEER_NAMES.items() if o == ours), None)
+
+# %% ../../nbs/02_models.core.ipynb #09c781f2
+def read_checkpoint(path) -> tuple[dict, dict]:
+    "The state_dict in `path` and what the file says of it: {'format': 'kdnb'|'peer'|'state_dict', 'model', 'num_classes'}."
+    path = Path(path)
+    if not path.exists(): raise KdnbError(f"checkpoint {path} does not exist")
+    if path.is_dir(): raise KdnbError(f"checkpoint {path} is a folder, not a file; pass the checkpoint file in it (last.pt, ckpt_epoch_240.pth)")
+    try: ckpt = torch.load(path, map_location='cpu', weights_only=False)  # kdnb's hold configs and RNG states; these are the user's own files
+    except Exception as e:
+        raise KdnbError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}), or not a PyTorch file; "
+                        "restore an intact copy or pass another checkpoint") from None
+    if not isinstance(ckpt, dict): raise KdnbError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint (a state_dict or {{'model': state_dict}})")
+    info = dict(format='state_dict', model=None, num_classes=None)
+    if isinstance(ckpt.get('config'), dict) and 'model' in ckpt:
+        cfg = ckpt['config']
+        info.update(format='kdnb', model=cfg.get('model') or cfg.get('student'), num_classes=cfg.get('num_classes'))
+        state = ckpt['model']
+    elif key := next((k for k in ('model', 'state_dict', 'net') if isinstance(ckpt.get(k), dict)), None):
+        info['format'], state = 'peer', ckpt[key]
+    else: state = ckpt
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise KdnbError(f"{path} is not a checkpoint kdnb can read: expected a state_dict (names -> tensors), a kdnb run's last.pt "
+                        "or {'model': state_dict, ...} as RepDistiller/mdistiller write them")
+    if any(k.startswith('student.') for k in state):  # a distilled run: the student's weights
+        state = {k[8:]: v for k, v in state.items() if k.startswith('student.')}
+    if all(k.startswith('module.') for k in state): state = {k[7:]: v for k, v in state.items()}  # saved from DataParallel
+    return state, info
+
+def rename_keys(state:dict, rules) -> dict:
+    "`state` with every name rewritten by the (regex, replacement) `rules`, in order."
+    def rename(k):
+        for pat, rep in rules: k = re.sub(pat, rep, k)
+        return k
+    return {rename(k): v for k, v in state.items()}
+
+def _fits(model_state:dict, state:dict) -> bool:
+    return set(state) == set(model_state) and all(state[k].shape == model_state[k].shape for k in state)
+
+def match_state(model:nn.Module, state:dict) -> dict|None:
+    "`state` under `model`'s own names (rewritten by `model.peer_keys` if needed) when its names and shapes fit, else None."
+    want = model.state_dict()
+    for cand in (state, rename_keys(state, getattr(model, 'peer_keys', ()))):
+        if _fits(want, cand): return cand
+    return None
+
+# %% ../../nbs/02_models.core.ipynb #71b460fe
+def _classes(state:dict) -> int|None:
+    "The class count of a classifier's state: the rows of its last matrix."
+    mats = [v for v in state.values() if v.ndim == 2]
+    return mats[-1].shape[0] if mats else None
+
+def identify_state(state:dict) -> str|None:
+    "The zoo model whose architecture `state` fits (with the class count it was saved for), or None."
+    _load_zoo()
+    n = _classes(state)
+    if n is None: return None
+    for name in MODELS.names():
+        try:
+            with torch.device('meta'): m = MODELS[name](num_classes=n)  # shapes only: no memory, no initialisation cost
+        except Exception: continue
+        if match_state(m, state) is not None: return name
+    return None
+
+def _describe(name:str|None, n:int|None) -> str:
+    if name is None: return 'an architecture kdnb does not know' + (f' ({n} classes)' if n else '')
+    peer = peer_name(name) if name in MODELS else None  # a kdnb run of a plugin model that is not installed here
+    also = f" (RepDistiller/mdistiller's {peer!r})" if peer and peer.lower() != name.lower() else ''
+    return f"{name}{also} with {n} classes"
+
+def load_checkpoint_weights(model:nn.Module, path) -> nn.Module:
+    "Load the weights in checkpoint file `path` (kdnb, plain state_dict or RepDistiller/mdistiller) into zoo `model`."
+    state, info = read_checkpoint(path)
+    got = match_state(model, state)
+    if got is None:
+        ours, n_ours = getattr(model, 'name', type(model).__name__), getattr(model, 'num_classes', None)
+        theirs, n = info['model'] or identify_state(state), info['num_classes'] or _classes(state)
+        if theirs is not None and theirs in MODELS and n is not None and MODELS.canonical(theirs) == ours and n != n_ours:
+            raise KdnbError(f"{path} was saved for {ours} with {n} classes, but this model has {n_ours}; "
+                            f"use the checkpoint's dataset (num_classes={n}) or another checkpoint")
+        hint = ''
+        if ours == 'MobileNetV2' and theirs == 'MobileNetV2-x0.5':
+            hint = ("; the CRD/DKD tables' and RepDistiller's 'MobileNetV2' is the half-width network, kdnb's MobileNetV2-x0.5 "
+                    "(also crd:MobileNetV2), while kdnb's MobileNetV2 is the full-width one")
+        fix = f"pass the model name {theirs}" if theirs else "pass the name of the network it was saved from"
+        raise KdnbError(f"{path} holds the weights of {_describe(theirs, n)}, which do not fit {ours} with {n_ours} classes{hint}; {fix}")
+    dtypes = model.state_dict()
+    model.load_state_dict({k: v.to(dtypes[k].dtype) if v.is_floating_point() else v for k, v in got.items()})  # fp16 storage -> model dtype
     return model

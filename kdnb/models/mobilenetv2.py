@@ -46,6 +46,8 @@ class MobileNetV2(nn.Module):
     # so the stage features are already pre-activation
     feature_spec = FeatureSpec(stem='conv1', stages=['blocks.1', 'blocks.2', 'blocks.4', 'blocks.6'], final='conv2',
                                pool='pool', classifier='classifier', preact_stages=['blocks.1', 'blocks.2', 'blocks.4', 'blocks.6'])
+    # RepDistiller/mdistiller names -> ours: their blocks are one flat Sequential (conv, bn, relu) x 3, their classifier a Sequential
+    peer_keys = [(r'\.conv\.(\d)\.', lambda m: f".conv.{int(m[1]) // 3}.{int(m[1]) % 3}."), (r'^classifier\.0\.', 'classifier.')]
     def forward(self, x): return self.classifier(self.pool(self.conv2(self.blocks(self.conv1(x)))))
 
 register_model('MobileNetV2')(lambda num_classes=100: MobileNetV2(num_classes, 6, 1.0))

@@ -52,6 +52,10 @@ class ResNet(nn.Module):
         self.feature_spec = FeatureSpec(stem='stem', stages=names, pool='pool', classifier='fc',
                                         preact_stages=[f'{l}.{n-1}.act:in' for l, n in zip(names, blocks)])
         init_weights(self)
+    # RepDistiller/mdistiller names (their CIFAR `resnet*` and `ResNet50`) -> ours
+    peer_keys = [(r'^conv1\.', 'stem.0.'), (r'^bn1\.', 'stem.1.'),
+                 (r'^(layer\d+\.\d+)\.(conv|bn)(\d)\.', lambda m: f"{m[1]}.body.{int(m[3]) - 1}.{int(m[2] == 'bn')}."),
+                 (r'\.downsample\.', '.shortcut.'), (r'^linear\.', 'fc.')]
     def forward(self, x):
         x = self.stem(x)
         for l in self.layers: x = getattr(self, l)(x)
@@ -60,6 +64,8 @@ class ResNet(nn.Module):
 # %% ../../nbs/04_models.resnet.ipynb #a3b47e88
 for _d in (8, 14, 20, 32, 44, 56, 110):
     register_model(f'ResNet-{_d}')(lambda num_classes=100, d=_d: ResNet(BasicBlock, [(d-2)//6]*3, [16, 32, 64], num_classes))
+for _d in (8, 32):  # the CRD benchmark's 4x wider CIFAR ResNets
+    register_model(f'ResNet-{_d}x4')(lambda num_classes=100, d=_d: ResNet(BasicBlock, [(d-2)//6]*3, [64, 128, 256], num_classes, stem=32))
 for _name, _block, _blocks in [('ResNet-18', BasicBlock, [2, 2, 2, 2]), ('ResNet-34', BasicBlock, [3, 4, 6, 3]),
                                ('ResNet-50', Bottleneck, [3, 4, 6, 3])]:
     register_model(_name)(lambda num_classes=100, b=_block, n=_blocks: ResNet(b, n, [64, 128, 256, 512], num_classes, stem=64))

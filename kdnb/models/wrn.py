@@ -45,6 +45,8 @@ class WideResNet(nn.Module):
     # pre-activation features are the BN outputs that the next block would rectify.
     feature_spec = FeatureSpec(stem='conv1', stages=['stage1', 'stage2', 'act'], pool='pool', classifier='fc',
                                preact_stages=['stage2.0.bn1', 'stage3.0.bn1', 'bn'])
+    # RepDistiller/mdistiller names (their `wrn_*`) -> ours
+    peer_keys = [(r'^block(\d)\.layer\.', r'stage\1.'), (r'\.convShortcut\.', '.shortcut.'), (r'^bn1\.', 'bn.')]
     def forward(self, x):
         x = self.stage3(self.stage2(self.stage1(self.conv1(x))))
         return self.fc(self.pool(self.act(self.bn(x))))

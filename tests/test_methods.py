@@ -1,0 +1,47 @@
+"The method zoo from outside: `kdnb methods` lists every method, and methods with state (DKD's warm-up, VID's variances) resume exactly."
+import pandas as pd, pytest, torch
+from kdnb.distill import list_methods, create_method, distill_model
+from kdnb.models.core import create_model
+import kdnb.train
+
+def test_methods_lists_every_method_with_defaults_and_paper(kdnb_main):
+    out = kdnb_main('methods', check=True).stdout.splitlines()
+    assert [l.split()[0] for l in out] == list_methods()
+    line = dict((l.split()[0], l) for l in out)
+    assert "'beta': 8.0" in line['DKD'] and "'warmup': 20" in line['DKD'] and 'Decoupled Knowledge Distillation, CVPR 2022' in line['DKD']
+    assert "'logit_stand': False" in line['KD']  # the optional hyper-parameters too
+    assert all('[' in line[n] for n in ('DKD', 'SP', 'CC', 'VID', 'RKD', 'PKT', 'NST', 'KDSVD', 'CRD', 'FSP', 'AB', 'FT', 'OFD', 'ReviewKD'))
+
+def test_bad_hparam_is_refused_before_training(kdnb_main):
+    r = kdnb_main('distill', '--teacher', 'ResNet-8', '--student', 'ResNet-8', '--method', 'RKD', '--tau', '2', '--out', 'unused')
+    assert r.returncode == 2 and "method RKD has no hyper-parameter 'tau'" in r.stderr, r.stderr
+    r = kdnb_main('distill', '--teacher', 'ResNet-8', '--student', 'ResNet-8', '--method', 'DKD', '--logit-stand', 'maybe', '--out', 'unused')
+    assert r.returncode == 2 and "'maybe' is not true or false" in r.stderr, r.stderr
+    r = kdnb_main('distill', '--teacher', 'ResNet-8', '--student', 'ResNet-8', '--method', 'RKD', '--warmup', '5', '--out', 'unused')
+    assert r.returncode == 2 and "method RKD has no hyper-parameter 'warmup'" in r.stderr, r.stderr
+
+def distil(out, teacher, method, **hp):
+    return distill_model('WRN-16-1', 'ResNet-8', method, teacher, out=out, epochs=2, max_items=48, bs=16,
+                         resume=True, progress=False, speed='off', device='cpu', **hp)
+
+def kill_after_first_checkpoint(monkeypatch):
+    real = kdnb.train.Checkpointer.after_epoch
+    def after_epoch(self): real(self); raise KeyboardInterrupt
+    monkeypatch.setattr(kdnb.train.Checkpointer, 'after_epoch', after_epoch)
+
+@pytest.mark.parametrize('method,hp', [('DKD', {}), ('VID', {}), ('CRD', {'nce_k': 64})], ids=['DKD', 'VID', 'CRD'])
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, method, hp):
+    "DKD's loss depends on the epoch (warm-up), VID trains variances and regressors, CRD keeps a memory bank and draws negatives: each ends as an uninterrupted run."
+    teacher = tmp_path/'teacher.pth'
+    torch.save(create_model('ResNet-8', 10).state_dict(), teacher)
+    distil(tmp_path/'straight', teacher, method, **hp)
+    with monkeypatch.context() as m:
+        kill_after_first_checkpoint(m)
+        with pytest.raises(KeyboardInterrupt): distil(tmp_path/'killed', teacher, method, **hp)
+    distil(tmp_path/'killed', teacher, method, **hp)
+    w0, w1 = [torch.load(d/'last.pt', map_location='cpu', weights_only=False)['model'] for d in (tmp_path/'straight', tmp_path/'killed')]
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0), [k for k in w0 if not torch.equal(w0[k], w1[k])][:5]
+    saved = {'VID': 'method.raw_vars.0', 'CRD': 'method.memory_s'}  # the variances, the memory: saved with the run
+    if method in saved: assert saved[method] in w0
+    h0, h1 = [pd.read_csv(d/'history.csv').drop(columns='seconds') for d in (tmp_path/'straight', tmp_path/'killed')]
+    pd.testing.assert_frame_equal(h0, h1)
