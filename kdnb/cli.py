@@ -92,7 +92,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument('--address', help='HOST:PORT of a running Ray cluster (--backend ray)')
     r.add_argument('--device', help='cpu to keep off GPUs (default: GPUs when there are any)')
     r.add_argument('--data-root', type=Path, help="folder with the datasets' files (overrides the spec's data_root)")
-    r.add_argument('--notebook', type=Path, help='experiment notebook to execute per cell (default: nbs/11_experiment.ipynb)')
+    r.add_argument('--notebook', type=Path, help='experiment notebook to execute per cell (default: the one kdnb ships, nbs/11_experiment.ipynb)')
     r.add_argument('--teachers', type=Path, help="folder of downloaded teachers in mdistiller's layout (NAME_vanilla/ckpt_epoch_240.pth): none is trained")
     r.add_argument('--no-progress', action='store_true')
     tb = gs.add_parser('table', help='write the benchmark table (markdown + CSV) of a grid directory')

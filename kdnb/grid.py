@@ -372,9 +372,10 @@ def is_locked(run_dir) -> bool:
 
 # %% ../nbs/12_grid.ipynb #1544c57b
 def experiment_notebook() -> Path:
-    "The experiment notebook that runs a cell (`nbs/11_experiment.ipynb` of the kdnb checkout)."
-    nb = Path(kdnb.__file__).resolve().parents[1]/'nbs'/'11_experiment.ipynb'
-    if not nb.exists(): raise KdnbError(f"{nb} not found; run kdnb from a clone of its repository (pip install -e .) or pass --notebook")
+    "The experiment notebook that runs a cell: `nbs/11_experiment.ipynb`, which the package ships as `kdnb/assets/experiment.ipynb`."
+    # in the repository the asset is a link to the notebook; a built wheel holds a copy, so `pip install kdnb` runs grids too
+    nb = Path(kdnb.__file__).parent/'assets'/'experiment.ipynb'
+    if not nb.exists(): raise KdnbError(f"{nb} is missing from this kdnb installation; reinstall kdnb, or pass --notebook")
     return nb
 
 def cell_parameters(cell:Cell, out, device=None, data_root=None) -> dict:

@@ -1,4 +1,6 @@
-import contextlib, io, os, subprocess, sys, warnings
+import contextlib, io, os, re, subprocess, sys, warnings
+import importlib.metadata as md
+from packaging.requirements import Requirement
 from pathlib import Path
 import pytest
 
@@ -36,3 +38,38 @@ def kdnb_main(): return run_main
 def has_cuda():
     import torch
     return torch.cuda.is_available()
+
+# A Python that sees chosen installed packages and nothing else (the GPU image, a non-editable install): by links, not downloads.
+def dist_key(name): return re.sub(r'[-_.]+', '-', name).lower()
+
+def dependency_closure(roots) -> set:
+    "The installed distributions `roots` need, themselves included (extras left out)."
+    seen, todo = set(), [dist_key(r) for r in roots]
+    while todo:
+        n = todo.pop()
+        if n in seen: continue
+        try: d = md.distribution(n)
+        except md.PackageNotFoundError: continue
+        seen.add(n)
+        todo += [dist_key(r.name) for r in map(Requirement, d.requires or []) if not r.marker or r.marker.evaluate({'extra': ''})]
+    return seen
+
+def link_distributions(names, dst:Path):
+    "A folder that holds the installed distributions `names` (their top-level files and folders, linked), for `sys.path`."
+    dst.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        d = md.distribution(n)
+        for top in {f.parts[0] for f in d.files or [] if f.parts[0] not in ('..', '__pycache__', 'bin')}:
+            src, link = Path(d.locate_file(top)), dst/top
+            if src.exists() and not link.exists(): link.symlink_to(src)
+    return dst
+
+
+def isolated_python(where:Path, *folders) -> Path:
+    "The python of a fresh venv at `where` whose `sys.path` holds `folders` (through a .pth file) and nothing of this environment."
+    import venv
+    venv.create(where, with_pip=False)
+    py = where/'bin'/'python'
+    purelib = subprocess.run([py, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], capture_output=True, text=True, check=True).stdout.strip()
+    Path(purelib, 'folders.pth').write_text(''.join(f'{f}\n' for f in folders))
+    return py
