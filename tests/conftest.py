@@ -73,3 +73,11 @@ def isolated_python(where:Path, *folders) -> Path:
     purelib = subprocess.run([py, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], capture_output=True, text=True, check=True).stdout.strip()
     Path(purelib, 'folders.pth').write_text(''.join(f'{f}\n' for f in folders))
     return py
+
+TWO_CELL_GRID = "dataset: cifar10-subset\nepochs: 1\nmax_items: 64\nbs: 16\nexperiments:\n  main:\n    pairs: [ResNet-8 -> ResNet-8]\n    methods: [KD]\n"
+
+def two_cell_grid(**over) -> str:
+    """The smallest real grid spec (2 cells: ResNet-8 from scratch, the teacher and the student row alike, then KD into a fresh
+    ResNet-8), with top-level settings replaced (YAML values as written)."""
+    lines = [l for l in TWO_CELL_GRID.splitlines() if l.split(':')[0] not in over]
+    return '\n'.join([f"{k}: {v}" for k, v in over.items()] + lines) + '\n'

@@ -3,17 +3,11 @@ and no file that existed before the command changes (hashes before/after). Most 
 import hashlib, json, os, pickle, shutil, signal
 from pathlib import Path
 import pytest
-from conftest import run_main, has_cuda
+from conftest import run_main, has_cuda, two_cell_grid, TWO_CELL_GRID
 
-TINY = "dataset: cifar10-subset\nepochs: 1\nmax_items: 64\nbs: 16\nexperiments:\n  main:\n    pairs: [ResNet-8 -> ResNet-8]\n    methods: [KD]\n"
 RUN = ['--epochs', '1', '--max-items', '64', '--bs', '16', '--no-progress']
 TRAIN = ['train', '--model', 'ResNet-8', *RUN]
 DISTILL = ['distill', '--teacher', 'ResNet-8', '--teacher-ckpt', '{W}/teacher/last.pt', '--student', 'ResNet-8', '--method', 'KD', *RUN]
-
-def spec(**over) -> str:
-    "TINY with top-level settings replaced (YAML values as written)."
-    lines = [l for l in TINY.splitlines() if l.split(':')[0] not in over]
-    return '\n'.join([f"{k}: {v}" for k, v in over.items()] + lines) + '\n'
 
 def _replace(argv, flag, value):
     i = argv.index(flag); return [*argv[:i + 1], value, *argv[i + 2:]]
@@ -84,10 +78,10 @@ def world(tmp_path_factory):
     for name, content in (('cifar-text', b'hello\n'), ('cifar-list', pickle.dumps([1, 2, 3]))):
         d = W/name/'cifar-100-python'; d.mkdir(parents=True)
         for f in ('train', 'test', 'meta'): (d/f).write_bytes(content)
-    (W/'tiny.yaml').write_text(TINY)
-    (W/'lr-inf.yaml').write_text(spec(lr='.inf')); (W/'lr-nan.yaml').write_text(spec(lr='.nan'))
-    (W/'epochs-0.yaml').write_text(spec(epochs=0)); (W/'epochs-2.yaml').write_text(spec(epochs=2))
-    (W/'t0.yaml').write_text(TINY + "    hparams: {KD: {T: 0}}\n")
+    (W/'tiny.yaml').write_text(TWO_CELL_GRID)
+    (W/'lr-inf.yaml').write_text(two_cell_grid(lr='.inf')); (W/'lr-nan.yaml').write_text(two_cell_grid(lr='.nan'))
+    (W/'epochs-0.yaml').write_text(two_cell_grid(epochs=0)); (W/'epochs-2.yaml').write_text(two_cell_grid(epochs=2))
+    (W/'t0.yaml').write_text(TWO_CELL_GRID + "    hparams: {KD: {T: 0}}\n")
     from kdnb.grid import load_plan, cell_dir, cell_identity
     from kdnb.core import save_json
     plan = load_plan(W/'tiny.yaml')

@@ -1,17 +1,7 @@
 "`pip install kdnb`, not editable: the built wheel alone runs a grid from an empty folder (the experiment notebook ships in the package)."
 import os, shutil, subprocess, sys
-from conftest import ROOT, dependency_closure, link_distributions, isolated_python
+from conftest import ROOT, dependency_closure, link_distributions, isolated_python, two_cell_grid
 
-TINY = """name: Installed kdnb
-dataset: cifar10-subset
-epochs: 1
-max_items: 64
-bs: 16
-experiments:
-  main:
-    pairs: [ResNet-8 -> ResNet-8]
-    methods: [KD]
-"""
 
 def test_wheel_runs_a_grid_from_an_empty_folder(tmp_path):
     src = tmp_path/'src'  # a copy, so that building leaves nothing in the repository (the notebook link becomes a file, as in a wheel)
@@ -25,7 +15,7 @@ def test_wheel_runs_a_grid_from_an_empty_folder(tmp_path):
                    check=True, capture_output=True)
     deps = dependency_closure(['kdnb']) | dependency_closure(['ipykernel'])  # what `pip install kdnb` brings, and a kernel
     py = isolated_python(tmp_path/'venv', site, link_distributions(deps - {'kdnb'}, tmp_path/'deps'))
-    work = tmp_path/'empty'; work.mkdir(); (work/'tiny.yaml').write_text(TINY)
+    work = tmp_path/'empty'; work.mkdir(); (work/'tiny.yaml').write_text(two_cell_grid())
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'} | {'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
     where = subprocess.run([py, '-c', 'import kdnb.grid as g; print(g.__file__); print(g.experiment_notebook())'], cwd=work, env=env,
                            capture_output=True, text=True, check=True).stdout.split()

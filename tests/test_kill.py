@@ -4,7 +4,7 @@ began) are printed when a test fails, so a failure can be replayed."""
 import json, os, random, shutil, signal, subprocess, time
 from pathlib import Path
 import pandas as pd, pytest, torch
-from conftest import KDNB, run_main
+from conftest import KDNB, run_main, two_cell_grid
 
 ENV = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}  # one thread: the same float sums in every process
 SMALL = ['--max-items', '64', '--bs', '16', '--no-progress']
@@ -75,15 +75,6 @@ def test_kill_two_stage_fitnet_and_resume(teacher, tmp_path):
     assert_same_run(tmp_path/'straight', tmp_path/'killed', what)
     pd.testing.assert_frame_equal(history(tmp_path/'straight'/'hint'), history(tmp_path/'killed'/'hint'), check_exact=True, obj=f"{what}: hint stage")
 
-TINY = """dataset: cifar10-subset
-epochs: 2
-max_items: 64
-bs: 16
-experiments:
-  main:
-    pairs: [ResNet-8 -> ResNet-8]
-    methods: [KD]
-"""  # 2 cells: ResNet-8 from scratch (teacher and student row), KD into a fresh ResNet-8
 
 def events(out) -> list[dict]:
     f = Path(out)/'events.jsonl'
@@ -93,7 +84,7 @@ def test_kill_grid_move_it_and_rerun(tmp_path):
     """(c) a grid killed at a random moment while its distillation cell runs (its teacher cell done), moved to another folder (as a
     second machine mounting it elsewhere would see it) and run again: no stale lock, the finished cell is not run again, and both
     cells end with the weights, history and results of an uninterrupted grid."""
-    spec = tmp_path/'tiny.yaml'; spec.write_text(TINY)
+    spec = tmp_path/'tiny.yaml'; spec.write_text(two_cell_grid(epochs=2))
     def teacher_done(out): return lambda: any(e['event'] == 'done' for e in events(out))
     took, seen = run(['grid', 'run', spec, '--out', tmp_path/'straight', '--workers', '1'], watch=teacher_done(tmp_path/'straight'))
     kill, = kill_times(took, seen)
