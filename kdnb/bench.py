@@ -20,8 +20,8 @@ from .train import Recipe
 from .fast import parse_speed, prepare_models, array_dataloaders, load_or_build_cache
 
 # %% auto #0
-__all__ = ['BF16_PEAK_TFLOPS', 'bf16_peak_tflops', 'forward_flops', 'ReferenceLoop', 'StepTimer', 'KdnbLoop', 'variants',
-           'parse_pair', 'run_bench', 'accuracy_check']
+__all__ = ['BF16_PEAK_TFLOPS', 'MAIN_METHODS', 'bf16_peak_tflops', 'forward_flops', 'ReferenceLoop', 'StepTimer', 'KdnbLoop',
+           'variants', 'parse_pair', 'run_bench', 'accuracy_check', 'run_fused_bench']
 
 # %% ../nbs/15_bench.ipynb #c1c330bf
 BF16_PEAK_TFLOPS = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., '4090': 165.}
@@ -79,14 +79,15 @@ class StepTimer(Callback):
             raise CancelFitException()
 
 class KdnbLoop:
-    "kdnb's KD distiller with `speed` in `precision`; `time(n)` runs `n` steps and returns their seconds (`build_s`: the teacher cache's build time)."
+    "kdnb's distiller with `speed` in `precision`, one student per method (several: one fused run); `time(n)` runs `n` steps and returns their seconds (`build_s`: the teacher cache's build time)."
     def __init__(self, teacher_name, student_name, ds:ImageArrayDataset, speed:str, precision:str='fp32', bs:int=64, device='cpu',
-                 workers:int=4, cache_images:int|None=None):
-        from kdnb.distill import distill_learner, create_method
+                 workers:int=4, cache_images:int|None=None, methods=('KD',)):
+        from kdnb.distill import distill_learner, make_method, DistillationModel
+        from kdnb.fused import fused_learner
         sp, self.device, self.build_s = parse_speed(speed, device, precision), device, None
         nc = int(ds.labels.max()) + 1
         torch.manual_seed(0)
-        teacher, student = create_model(teacher_name, nc), create_model(student_name, nc)
+        teacher, students = create_model(teacher_name, nc), [create_model(student_name, nc) for _ in methods]
         n = len(ds) if not sp.teacher_cache else min(len(ds), cache_images or len(ds))
         sub = ImageArrayDataset(ds.images[:n], ds.labels[:n], ds.classes)
         if sp.device_data: dls = array_dataloaders(sub, sub, CIFAR100_STATS, bs, device, bs, channels_last=sp.channels_last, num_classes=nc)
@@ -99,9 +100,13 @@ class KdnbLoop:
             _sync(device); t0 = time.perf_counter()
             cache = load_or_build_cache(teacher, ckpt, dls.train, bf16=sp.bf16)
             _sync(device); self.build_s = time.perf_counter() - t0
-        prepare_models(sp, student, teacher)
-        self.learn, self.lr = distill_learner(dls, student, teacher, create_method('KD'), Recipe(epochs=1000, milestones=(1000,)),
-                                              tempfile.mkdtemp(), speed=sp, cache=cache)
+        recipe, made = Recipe(epochs=1000, milestones=(1000,)), [make_method(m, teacher_name, student_name)[0] for m in methods]
+        for s in students: prepare_models(sp, s, teacher)
+        if len(methods) == 1: self.learn, self.lr = distill_learner(dls, students[0], teacher, made[0], recipe, tempfile.mkdtemp(), speed=sp, cache=cache)
+        else:
+            for m in made: m.attach_data(dls.train.dataset)
+            members = [DistillationModel(s, teacher, m) for s, m in zip(students, made)]
+            self.learn, self.lr = fused_learner(dls, members, teacher, recipe, tempfile.mkdtemp(), speed=sp, cache=cache), recipe.lr
         self.batches = len(dls.train)
     def time(self, n:int) -> float:
         timer = StepTimer(2, n, self.device)
@@ -112,9 +117,14 @@ class KdnbLoop:
 # %% ../nbs/15_bench.ipynb #282d0ba3
 def variants(device) -> list[tuple[str, str, str]]:
     "(label, speed, precision) of the kdnb variants timed on `device`."
+    # at batch 64 a GPU step is bound by kernel launches more than by arithmetic: CUDA graphs (compile's reduce-overhead
+    # mode) replay the student's whole forward and backward as one launch; bf16 adds cast kernels, so it is timed both ways
     v = [('kdnb, all options off', 'off', 'fp32'), ('+ device data', 'off,device_data', 'fp32'),
-         ('+ channels_last + cuDNN autotune (fast, fp32)', 'fast', 'fp32'), ('+ bf16', 'fast', 'bf16'),
-         ('+ torch.compile', 'fast,compile', 'bf16'), ('+ compile + teacher cache', 'fast,compile,teacher_cache', 'bf16')]
+         ('+ channels_last + cuDNN autotune (fast, fp32)', 'fast', 'fp32'), ('fast + bf16', 'fast', 'bf16'),
+         ('fast + torch.compile (fp32)', 'fast,compile', 'fp32'),
+         ('fast + CUDA graphs (compile=reduce-overhead, fp32)', 'fast,compile=reduce-overhead', 'fp32'),
+         ('fast + CUDA graphs + teacher cache (fp32)', 'fast,compile=reduce-overhead,teacher_cache', 'fp32'),
+         ('fast + CUDA graphs + teacher cache + bf16', 'fast,compile=reduce-overhead,teacher_cache', 'bf16')]
     if torch.device(device).type != 'cuda':  # inductor's C++ compile takes minutes on a CPU, and bf16 is slower there: keep the check quick
         v = [('kdnb, all options off', 'off', 'fp32'), ('+ device data + channels_last (fast on CPU)', 'fast', 'fp32'),
              ('+ teacher cache', 'fast,teacher_cache', 'fp32')]
@@ -153,12 +163,12 @@ def run_bench(device=None, pair:str|None=None, steps:int|None=None, warmup:int=5
         if only and speed not in only: continue
         try: loops[label] = KdnbLoop(t_name, s_name, ds, speed, precision, bs, device, workers, cache_images)
         except Exception as e:  # a variant that cannot run (e.g. compile without a compiler) is reported, not fatal
-            print_(f"{label:46s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"); continue
+            print_(f"{label:52s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"); continue
         if loops[label].build_s: notes[label] = f"  (cache of {min(cache_images, images)} images x 162 views, built once in {loops[label].build_s:.1f} s)"
     rates = {k: [] for k in loops}
     for label, loop in list(loops.items()):  # warm-up: compilation, autotuning, first allocations
         try: loop.time(max(warmup, 1))
-        except Exception as e: print_(f"{label:46s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"); del loops[label], rates[label]
+        except Exception as e: print_(f"{label:52s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"); del loops[label], rates[label]
     for _ in range(rounds):
         for label, loop in loops.items(): rates[label].append(steps * bs / loop.time(steps))
     _print_rates(rates, notes, work, peak, print_)
@@ -171,12 +181,12 @@ def run_bench(device=None, pair:str|None=None, steps:int|None=None, warmup:int=5
 
 def _print_rates(rates:dict, notes:dict, work:float, peak:float|None, print_=print):
     "One row per loop: median img/s, s per 50k-image epoch, median and range of its per-round ratio to the reference, % of bf16 peak."
-    print_(f"{'variant':46s} {'img/s':>9s} {'s/epoch':>8s} {'x ref':>6s} {'range':>11s} {'% bf16 peak':>12s}")
+    print_(f"{'variant':52s} {'img/s':>9s} {'s/epoch':>8s} {'x ref':>6s} {'range':>11s} {'% bf16 peak':>12s}")
     ref = np.array(rates['reference'])
     for label, v in rates.items():
         r, ratio = np.median(v), np.array(v) / ref
         pct = f"{100 * r * work / (peak * 1e12):.1f}%" if peak else '-'
-        print_(f"{label:46s} {r:9.0f} {50000 / r:8.2f} {np.median(ratio):6.2f} {f'{ratio.min():.2f}-{ratio.max():.2f}':>11s} {pct:>12s}{notes.get(label, '')}")
+        print_(f"{label:52s} {r:9.0f} {50000 / r:8.2f} {np.median(ratio):6.2f} {f'{ratio.min():.2f}-{ratio.max():.2f}':>11s} {pct:>12s}{notes.get(label, '')}")
 
 # %% ../nbs/15_bench.ipynb #6d69afb3
 def accuracy_check(device, print_=print, epochs:int=3):
@@ -192,3 +202,35 @@ def accuracy_check(device, print_=print, epochs:int=3):
         print_(f"  epoch {e + 1}:  plain {curves['off'][e]['train_loss']:.4f} / {curves['off'][e]['top1']:.2%}   "
                f"fast {curves['fast'][e]['train_loss']:.4f} / {curves['fast'][e]['top1']:.2%}")
     return curves
+
+# %% ../nbs/15_bench.ipynb #7feb65e2
+MAIN_METHODS = ('KD', 'FitNet', 'AT', 'DIST', 'SRD', 'SRDwithDIST')  # the reference's main table without DML, which trains a peer per student
+
+def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup:int=3, bs:int=64, images:int|None=None,
+                    rounds:int|None=None, methods=MAIN_METHODS, speed:str='fast', print_=print) -> dict:
+    "Time the students of `methods` trained one after another and in one fused run, in interleaved rounds; print the speed-up. Returns {name: [seconds per round]}."
+    check_device(device)
+    device = torch.device(device or default_device())
+    cuda = device.type == 'cuda'
+    t_name, s_name = parse_pair(pair or ('WRN-40-4:WRN-16-4' if cuda else 'WRN-40-2:WRN-40-1'))
+    steps = (100 if cuda else 10) if steps is None else check_number('steps', steps, minimum=1, integer=True)
+    images = (10000 if cuda else 1024) if images is None else check_number('images', images, minimum=1, integer=True)
+    rounds = 3 if rounds is None else check_number('rounds', rounds, minimum=1, integer=True)
+    rng = np.random.default_rng(0)
+    ds = ImageArrayDataset(rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, images), [str(i) for i in range(100)])
+    print_(f"kdnb bench --fused: {t_name} -> {s_name}, {len(methods)} students ({', '.join(methods)}), batch {bs}, {device}, speed {speed}: "
+           f"each alone, then all in one fused run; {rounds} interleaved rounds of {steps} timed steps")
+    loops = {m: KdnbLoop(t_name, s_name, ds, speed, 'fp32', bs, device, 0, methods=(m,)) for m in methods}
+    loops['fused'] = KdnbLoop(t_name, s_name, ds, speed, 'fp32', bs, device, 0, methods=tuple(methods))
+    for loop in loops.values(): loop.time(max(warmup, 1))
+    secs = {k: [] for k in loops}
+    for _ in range(rounds):
+        for k, loop in loops.items(): secs[k].append(loop.time(steps))
+    for k, v in secs.items(): print_(f"{'fused (all students)' if k == 'fused' else k + ' alone':24s} {steps * bs / np.median(v):9.0f} img/s  {np.median(v) / steps * 1e3:8.1f} ms/step")
+    fused = np.array(secs['fused'])
+    if 'KD' in methods:
+        r = fused / np.array(secs['KD'])
+        print_(f"the fused run takes {np.median(r):.2f}x the time of one KD run alone (range {r.min():.2f}-{r.max():.2f})")
+    r = np.sum([secs[m] for m in methods], axis=0) / fused
+    print_(f"speed-up of fused over one after another: {np.median(r):.2f}x ({len(methods)} students, median of {rounds} rounds; range {r.min():.2f}-{r.max():.2f})")
+    return secs

@@ -72,7 +72,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument('--model', required=True); _run_args(t)
     d = sub.add_parser('distill', help='distil a teacher into a student')
     d.add_argument('--teacher', required=True); d.add_argument('--teacher-ckpt', type=Path)
-    d.add_argument('--student', required=True); d.add_argument('--method', default='KD')
+    d.add_argument('--student', required=True)
+    d.add_argument('--method', default='KD', help='the method; several, comma-separated (KD,DIST,AT), train one student each in one fused '
+                   'run (one teacher pass per batch), each into --out/METHOD; a hyper-parameter flag goes to the methods that take it')
     d.add_argument('--teacher-logits', default='online', choices=['online', 'precomputed'])
     for k, typ in HPARAM_FLAGS.items(): d.add_argument(f'--{k.replace("_", "-")}', dest=k, type=typ)
     _run_args(d)
@@ -108,6 +110,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument('--workers', type=count, default=4, help="the reference loop's DataLoader workers")
     b.add_argument('--images', type=positive, help='synthetic dataset size (default 50000 on a GPU, 2048 on a CPU)')
     b.add_argument('--check-accuracy', action='store_true', help='also train plain and fast paths 3 epochs on the embedded subset and compare loss curves')
+    b.add_argument('--fused', action='store_true', help="instead: a benchmark row's students (--methods) one after another vs one fused run")
+    b.add_argument('--methods', help='with --fused: comma-separated methods (default: the main table but DML: KD,FitNet,AT,DIST,SRD,SRDwithDIST)')
     o = sub.add_parser('docs', help='build the docs site (executed notebooks, API pages, search) into _docs/')
     o.add_argument('--out', type=Path, default=Path('_docs'))
     o.add_argument('--execute', default='*', metavar='GLOB', help="notebooks to execute, e.g. '3*' (default: all; the others appear without outputs)")
@@ -143,7 +147,17 @@ def _train(a):
 def _distill(a):
     from kdnb.distill import distill_model
     hp = {k: getattr(a, k) for k in HPARAM_FLAGS if getattr(a, k) is not None}
-    _report(distill_model(a.student, a.teacher, a.method, a.teacher_ckpt, teacher_logits=a.teacher_logits, **_common(a), **hp), a.out)
+    methods = [m.strip() for m in a.method.split(',') if m.strip()]
+    if len(methods) == 1:
+        return _report(distill_model(a.student, a.teacher, methods[0], a.teacher_ckpt, teacher_logits=a.teacher_logits, **_common(a), **hp), a.out)
+    from kdnb.distill import create_method
+    from kdnb.fused import distill_fused
+    takes = [set(create_method(m).hparams(every=True)) for m in methods]
+    unused = [k for k in hp if not any(k in t for t in takes)]
+    if unused: raise KdnbError(f"none of {', '.join(methods)} takes --{unused[0].replace('_', '-')}; leave it out")
+    results = distill_fused(a.student, a.teacher, methods, a.teacher_ckpt, teacher_logits=a.teacher_logits,
+                            hparams=[{k: v for k, v in hp.items() if k in t} for t in takes], **_common(a))
+    for r in results: print(f"{r['config']['method']:12s}", end=' '); _report(r, Path(a.out)/r['config']['method'])
 
 def _report(res, out):
     l, b = res['last'], res['best']
@@ -192,13 +206,18 @@ def _grid_table(a):
 
 def _grid_exec(a):
     import json
-    from kdnb.grid import execute_cell
-    o = execute_cell(a.out, json.loads(a.params), a.notebook)
-    print(json.dumps(o), flush=True)  # the runner reads this last line
-    return {'done': 0, 'locked': 75}.get(o['status'], 1)
+    from kdnb.grid import execute_cells
+    params = json.loads(a.params)
+    outcomes = execute_cells(a.out, params if isinstance(params, list) else [params], a.notebook)
+    for o in outcomes: print(json.dumps(o), flush=True)  # the runner reads one line per cell
+    return max({'done': 0, 'locked': 75}.get(o['status'], 1) for o in outcomes)
 
 def _bench(a):
-    from kdnb.bench import run_bench
+    from kdnb.bench import run_bench, run_fused_bench, MAIN_METHODS
+    if a.methods and not a.fused: raise KdnbError("--methods goes with --fused")
+    if a.fused:
+        methods = tuple(m.strip() for m in a.methods.split(',') if m.strip()) if a.methods else MAIN_METHODS
+        return run_fused_bench(a.device, a.pair, a.steps, a.warmup, a.bs, a.images, a.rounds, methods) and None
     run_bench(a.device, a.pair, a.steps, a.warmup, a.bs, a.workers, a.images, check_accuracy=a.check_accuracy, rounds=a.rounds,
               cache_images=a.cache_images)
 

@@ -29,8 +29,9 @@ __all__ = ['METHODS', 'HPARAM_BOUNDS', 'PAIR_HPARAMS', 'register_method', 'Stage
            'check_hparams', 'CE', 'KD', 'FitNet', 'AT', 'DML', 'DIST', 'SRD', 'SRDwithDIST', 'SRDwithKL', 'SRDwithPMSE',
            'DKD', 'stage_pairs', 'FeatureKD', 'SP', 'CC', 'VID', 'RKD', 'PKT', 'NST', 'KDSVD', 'dataset_labels', 'CRD',
            'FSP', 'AB', 'Paraphraser', 'FT', 'bn_before', 'OFD', 'ABF', 'ReviewKD', 'default_hparams',
-           'DistillationModel', 'Distiller', 'PeerAccuracy', 'load_teacher', 'distill_learner',
-           'precompute_teacher_logits', 'distill_model', 'run_pre_stages']
+           'DistillationModel', 'set_context', 'Distiller', 'PeerAccuracy', 'load_teacher', 'distill_learner',
+           'precompute_teacher_logits', 'make_method', 'distill_speed', 'distill_config', 'frozen_teacher_sources',
+           'distill_model', 'run_pre_stages']
 
 # %% ../nbs/10_distill.ipynb #1b6a0682
 METHODS = Registry('method', group='kdnb.methods')
@@ -604,6 +605,11 @@ def _example_features(net, x, preact:bool=False):
     finally: net.train(was)
 
 # %% ../nbs/10_distill.ipynb #8455d6cc
+def set_context(m:Method, l:Learner):
+    "Tell method `m` where the training of `l` is: epoch, stage length, step and the batch's dataset indices."
+    m.epoch, m.n_epochs = run_epoch(l), run_epoch(l) - l.epoch + l.n_epoch  # counting the epochs before a resume
+    m.step, m.batch_index = m.epoch * l.n_iter + l.iter, getattr(l, 'batch_index', None)
+
 class Distiller(Callback):
     "Run `teacher` beside the student on every training batch and train on the method's loss terms."
     order = 5  # after DatasetIndexCallback and TrainEval, before Recorder (metric names)
@@ -629,21 +635,20 @@ class Distiller(Callback):
         if self.method.student_eval: self.learn.model.student.eval()  # after fastai's TrainEvalCallback set training mode
     def before_batch(self):
         if not self.training: return
-        l, m = self.learn, self.method
-        m.epoch, m.n_epochs = run_epoch(l), run_epoch(l) - l.epoch + l.n_epoch  # counting the epochs before a resume
-        m.step, m.batch_index = m.epoch * l.n_iter + l.iter, getattr(l, 'batch_index', None)
+        set_context(self.method, self.learn)
     def after_pred(self):
         if not self.training: return
-        if self.method.trains_teacher: t_logits = self.learn.model.peer_logits
-        elif self.teacher_logits is not None: t_logits = self.teacher_logits[self.learn.batch_index]
-        elif self.cache is not None: t_logits = self.cache.lookup(self.learn.batch_index, self.learn.batch_view)
-        elif self.method.logits_only:
-            with torch.inference_mode(): t_logits = self.teacher(*self.xb)
-            t_logits = t_logits.clone()  # a normal tensor again, usable by autograd
-        else:
-            with torch.no_grad(): t_logits = self.teacher(*self.xb)
+        t_logits = self.learn.model.peer_logits if self.method.trains_teacher else self.frozen_teacher_logits(self.method.needs_features)
         self.t_feats = self.t_hooks.features(t_logits) if self.t_hooks else _logits_only(t_logits)
         self.s_feats = self.s_hooks.features(self.pred) if self.s_hooks else _logits_only(self.pred)
+    def frozen_teacher_logits(self, features:bool) -> torch.Tensor:
+        "This training batch's logits of the frozen teacher: pre-computed, cached, or its forward pass (with its hooks recording if `features`)."
+        if self.teacher_logits is not None: return self.teacher_logits[self.learn.batch_index]
+        if self.cache is not None: return self.cache.lookup(self.learn.batch_index, self.learn.batch_view)
+        if features:
+            with torch.no_grad(): return self.teacher(*self.xb)
+        with torch.inference_mode(): t_logits = self.teacher(*self.xb)
+        return t_logits.clone()  # a normal tensor again, usable by autograd
     def after_loss(self):
         if not self.training: return
         terms = self.method(self.s_feats, self.t_feats, self.y, self.learn.loss_grad)
@@ -706,24 +711,49 @@ def precompute_teacher_logits(teacher:nn.Module, dls) -> torch.Tensor:
     return out.cpu()
 
 # %% ../nbs/10_distill.ipynb #f7b85f17
+def make_method(method:str, teacher:str, student:str, teacher_logits:str='online', **hparams) -> tuple[Method, dict]:
+    "`method` for `teacher` -> `student` with the pair's benchmark hyper-parameters, overridden by `hparams`; returns (method, its hyper-parameters)."
+    name = METHODS.canonical(method)
+    hp = {**default_hparams(name, teacher, student), **{k: v for k, v in hparams.items() if v is not None}}
+    m = create_method(name, **hp)
+    if teacher_logits not in ('online', 'precomputed'): raise KdnbError(f"teacher_logits must be 'online' or 'precomputed', not {teacher_logits!r}")
+    if teacher_logits == 'precomputed' and (not m.logits_only or m.trains_teacher):
+        raise KdnbError(f"{name} cannot use pre-computed teacher logits: it needs the teacher's features or trains it")
+    return m, hp
+
+def distill_speed(speed, device, precision:str, methods:list, teacher_logits:str, teacher_ckpt) -> Speed:
+    "The run's `Speed`, without the teacher cache where it cannot serve every method."
+    sp = parse_speed(speed, device, precision)
+    if sp.teacher_cache and (any(not m.logits_only or m.trains_teacher for m in methods) or teacher_logits != 'online' or teacher_ckpt is None):
+        names = ', '.join(m.method_name for m in methods)
+        print(f"note: teacher_cache is off: it serves logit-only methods with an online, checkpointed teacher, not {names}")
+        sp = replace(sp, teacher_cache=False)
+    if sp.teacher_cache and not sp.device_data: raise KdnbError("the teacher_cache speed option needs device_data (it looks views up by crop and flip)")
+    return sp
+
+def distill_config(m:Method, hp:dict, s_net, t_net, teacher_ckpt, teacher_logits, dataset, dls, seed, max_items, sp:Speed, recipe:Recipe) -> dict:
+    "What defines a distillation run: stored in its `config.json`, checked on resume."
+    config = dict(kind='distill', student=s_net.name, teacher=t_net.name, method=m.method_name, hparams=hp,
+                  teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else None, teacher_logits=teacher_logits,
+                  dataset=dataset, num_classes=dls.num_classes, seed=seed, max_items=max_items, speed=str(sp), precision=sp.precision, **asdict(recipe))
+    config['milestones'] = list(recipe.milestones)
+    return config
+
+def frozen_teacher_sources(t_net, teacher_ckpt, teacher_logits:str, dls, sp:Speed, progress:bool=True) -> tuple:
+    "(pre-computed logits, logit cache): where a frozen teacher's logits come from when not from its forward pass."
+    cached = precompute_teacher_logits(t_net, dls) if teacher_logits == 'precomputed' else None
+    cache = load_or_build_cache(t_net, teacher_ckpt, dls.train, bf16=sp.bf16, progress=progress) if sp.teacher_cache else None
+    return cached, cache
+
 def distill_model(student:str, teacher:str, method:str='KD', teacher_ckpt=None, dataset:str='cifar10-subset',
                   out='runs/distill', epochs:int|None=None, resume:bool=False, data_root=None, lr:float|None=None,
                   bs:int|None=None, seed:int=0, num_workers:int=0, device=None, progress:bool=True,
                   teacher_logits:str='online', download:bool=False, max_items:int|None=None, speed='auto', precision:str='fp32',
                   benchmark:str='reference', **hparams) -> dict:
     "Distil zoo model `teacher` (weights from `teacher_ckpt`) into a fresh zoo `student` with `method`, with the recipe of `benchmark`."
-    method_name = METHODS.canonical(method)
-    hp = {**default_hparams(method_name, teacher, student), **{k: v for k, v in hparams.items() if v is not None}}
-    m = create_method(method_name, **hp)
-    if teacher_logits not in ('online', 'precomputed'): raise KdnbError(f"teacher_logits must be 'online' or 'precomputed', not {teacher_logits!r}")
-    if teacher_logits == 'precomputed' and (not m.logits_only or m.trains_teacher):
-        raise KdnbError(f"{method_name} cannot use pre-computed teacher logits: it needs the teacher's features or trains it")
+    m, hp = make_method(method, teacher, student, teacher_logits, **hparams)
     recipe = reference_recipe(student, benchmark).scaled(epochs, lr=lr, bs=bs)
-    sp = parse_speed(speed, device, precision)
-    if sp.teacher_cache and (not m.logits_only or m.trains_teacher or teacher_logits != 'online' or teacher_ckpt is None):
-        print(f"note: teacher_cache is off: it serves logit-only methods with an online, checkpointed teacher, not {method_name}")
-        sp = replace(sp, teacher_cache=False)
-    if sp.teacher_cache and not sp.device_data: raise KdnbError("the teacher_cache speed option needs device_data (it looks views up by crop and flip)")
+    sp = distill_speed(speed, device, precision, [m], teacher_logits, teacher_ckpt)
     dls = make_run_dataloaders(dataset, data_root, recipe.bs, num_workers, device, download, seed, max_items, sp)
     set_seed(seed)  # a teacher without a checkpoint is the same untrained network every time
     t_net = load_teacher(teacher, teacher_ckpt, dls.num_classes) if not m.trains_teacher else None
@@ -731,14 +761,10 @@ def distill_model(student:str, teacher:str, method:str='KD', teacher_ckpt=None, 
     s_net = create_model(student, dls.num_classes)
     if m.trains_teacher: t_net = create_model(teacher, dls.num_classes)  # DML: a fresh peer, trained from scratch
     elif teacher_ckpt is None: print(f"warning: no --teacher-ckpt, distilling from an untrained {teacher}")
-    config = dict(kind='distill', student=s_net.name, teacher=t_net.name, method=method_name, hparams=hp,
-                  teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else None, teacher_logits=teacher_logits,
-                  dataset=dataset, num_classes=dls.num_classes, seed=seed, max_items=max_items, speed=str(sp), precision=sp.precision, **asdict(recipe))
-    config['milestones'] = list(recipe.milestones)
+    config = distill_config(m, hp, s_net, t_net, teacher_ckpt, teacher_logits, dataset, dls, seed, max_items, sp, recipe)
     out = Path(out)
     start = run_pre_stages(dls, s_net, t_net, m, recipe, out, config, resume, progress)
-    cached = precompute_teacher_logits(t_net, dls) if teacher_logits == 'precomputed' else None
-    cache = load_or_build_cache(t_net, teacher_ckpt, dls.train, bf16=sp.bf16, progress=progress) if sp.teacher_cache else None
+    cached, cache = frozen_teacher_sources(t_net, teacher_ckpt, teacher_logits, dls, sp, progress)
     prepare_models(sp, s_net, t_net)
     learn, lr = distill_learner(dls, s_net, t_net, m, recipe, out, cached, speed=sp, cache=cache)
     return fit_run(learn, recipe, out, config, resume, progress, lr=lr, start=start)

@@ -110,13 +110,16 @@ class DeviceImageLoader(DataLoader):
     @property
     def n_views(self) -> int: return (2 * self.pad + 1) ** 2 * 2
     def __iter__(self):
-        dev = self.padded.device
-        g = torch.Generator(device=dev); g.manual_seed(self.rng.getrandbits(63))
-        order = torch.randperm(self.n, generator=g, device=dev) if self.shuffle else torch.arange(self.n, device=dev)
+        # the epoch's permutation and views are drawn on the CPU, then moved: a CPU and a CUDA generator give different
+        # streams for one seed, and a run must see the same batches on any device
+        g = torch.Generator(); g.manual_seed(self.rng.getrandbits(63))
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        views = torch.randint(0, self.n_views, (self.n,), generator=g)
+        order, views = order.to(self.padded.device), views.to(self.padded.device)
         for b in range(len(self)):
             idx = order[b * self.bs:(b + 1) * self.bs]
             if not self.augment: yield self.normalise(self.padded[idx]), self.labels[idx], idx; continue
-            view = torch.randint(0, self.n_views, (len(idx),), generator=g, device=dev)
+            view = views[b * self.bs:(b + 1) * self.bs]
             yield self.views(idx, view), self.labels[idx], idx, view
 
 # %% ../nbs/14_fast.ipynb #04345ca9

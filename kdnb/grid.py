@@ -7,7 +7,7 @@ Docs: https://kdnb-team.github.io/kdnb/grid.html.md"""
 # %% ../nbs/12_grid.ipynb #76280ffc
 from __future__ import annotations
 import fcntl, hashlib, json, math, os, re, signal, socket, subprocess, sys, time, traceback
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import yaml
 import kdnb
@@ -17,14 +17,15 @@ from .core import KdnbError, save_json, load_json, atomic_write, check_number, c
 __all__ = ['SETTINGS', 'GRID_KEYS', 'EXPERIMENT_KEYS', 'SETTING_DEFAULTS', 'BACKENDS', 'SpecError', 'Cell', 'Entry', 'Plan',
            'load_spec', 'teacher_checkpoint_path', 'expand_grid', 'load_plan', 'cell_dir', 'read_results', 'cell_state',
            'cell_identity', 'identity_change', 'changed_cells', 'CellLock', 'is_locked', 'experiment_notebook',
-           'cell_parameters', 'log_event', 'execute_cell', 'LocalBackend', 'RayBackend', 'check_data', 'describe_plan',
-           'check_teachers', 'run_grid']
+           'cell_parameters', 'log_event', 'execute_cells', 'execute_cell', 'LocalBackend', 'RayBackend', 'check_data',
+           'describe_plan', 'check_teachers', 'run_grid']
 
 # %% ../nbs/12_grid.ipynb #6ee87aa1
-SETTINGS = ('dataset', 'data_root', 'seeds', 'teacher_seed', 'epochs', 'lr', 'bs', 'max_items', 'speed', 'precision', 'benchmark')
+SETTINGS = ('dataset', 'data_root', 'seeds', 'teacher_seed', 'epochs', 'lr', 'bs', 'max_items', 'speed', 'precision', 'benchmark', 'fuse')
 GRID_KEYS = {'name', 'description', 'experiments', 'teachers', *SETTINGS}
 EXPERIMENT_KEYS = {'title', 'pairs', 'models', 'methods', 'hparams', 'teacher_logits', 'reference', *SETTINGS}
-SETTING_DEFAULTS = dict(dataset='CIFAR-100', data_root=None, seeds=[0], teacher_seed=0, epochs=None, lr=None, bs=None, max_items=None, speed='auto', precision='fp32', benchmark='reference')
+SETTING_DEFAULTS = dict(dataset='CIFAR-100', data_root=None, seeds=[0], teacher_seed=0, epochs=None, lr=None, bs=None, max_items=None, speed='auto', precision='fp32', benchmark='reference',
+                        fuse=False)
 
 class SpecError(KdnbError):
     "A grid spec that cannot be run; the message names the file, the place in it and the field."
@@ -60,6 +61,12 @@ class Cell:
     benchmark: str = 'reference'  # whose recipes (kdnb.train.RECIPES)
     teacher_ckpt: str|None = None  # a downloaded teacher's checkpoint; None: the teacher cell's (in `after`)
     after: list = field(default_factory=list)
+    fuse: bool = False  # may train in one loop with the cells of the same student, teacher and recipe (kdnb.fused); not part of its result
+
+    def fuse_key(self) -> str|None:
+        "What cells that train in one fused run share (all but the method and its hyper-parameters), or None if this one runs alone."
+        if not self.fuse or self.kind != 'distill': return None
+        return json.dumps({k: v for k, v in asdict(self).items() if k not in ('id', 'method', 'hparams', 'fuse')}, sort_keys=True, default=str)
 
     def recipe(self):
         "The training recipe this cell runs with (the reference recipe of its trained model, with the grid's overrides)."
@@ -132,6 +139,8 @@ def _check_settings(file, where, d:dict) -> dict:
             for s in v: _check_int(file, where, k, s, allow_none=False, minimum=0)
             if len(set(v)) != len(v): _fail(file, where, k, f"lists a seed twice: {v}")
         elif k == 'teacher_seed': _check_int(file, where, k, v, allow_none=False, minimum=0)
+        elif k == 'fuse':
+            if not isinstance(v, bool): _fail(file, where, k, f"must be true or false, not {v!r}")
         elif k == 'benchmark':
             from kdnb.train import RECIPES
             if v not in RECIPES: _fail(file, where, k, f"must name a benchmark's recipes, one of {', '.join(RECIPES)}; not {v!r}")
@@ -216,6 +225,7 @@ def expand_grid(spec:dict, file='grid spec', teachers=None) -> Plan:
     cells, entries = {}, []
     def add(cell:Cell, where) -> str:
         old = cells.get(cell.id)
+        if old is not None and old.fuse != cell.fuse: cell = old = replace(cell, fuse=True)  # shared by two experiments: fused if either says so
         if old is not None and old != cell:
             diff = next(k for k in asdict(cell) if asdict(cell)[k] != asdict(old)[k])
             _fail(file, where, diff, f"cell {cell.id} is defined twice with different {diff} ({getattr(old, diff)!r} vs {getattr(cell, diff)!r}); "
@@ -281,7 +291,8 @@ def expand_grid(spec:dict, file='grid spec', teachers=None) -> Plan:
                             name = m + ('-precomputed' if v == 'precomputed' else '') + (f'-{_hash(hp)}' if hp != base else '') + low
                             prev = add(Cell(f"{s['dataset']}/distill/{'_'.join(chain[:i + 1])}/{name}/s{sd}", 'distill', seed=sd, teacher=a, student=b,
                                             method=m, hparams=hp, teacher_logits=v, after=[] if meth.trains_teacher or prev is None else [prev],
-                                            teacher_ckpt=tck if i == 1 and not meth.trains_teacher else None, **rec), where)
+                                            teacher_ckpt=tck if i == 1 and not meth.trains_teacher else None, **rec,
+                                            fuse=s['fuse'] and not meth.trains_teacher), where)
                         ids.append(prev)
                     row = m if len(variants) == 1 else f"{m} ({v})"
                     entries.append(Entry(ename, col, row, ids, ref(col, row)))
@@ -338,8 +349,8 @@ def cell_state(run_dir) -> str:
 
 # %% ../nbs/12_grid.ipynb #ff04538f
 def cell_identity(cell:Cell) -> dict:
-    "Every setting of `cell` that changes its result, JSON-ready: all its fields but `data_root` and `teacher_ckpt` (where the files are) and `after` (the teacher cell, checked on its own)."
-    return json.loads(json.dumps({k: v for k, v in asdict(cell).items() if k not in ('data_root', 'after', 'teacher_ckpt')}, default=str))
+    "Every setting of `cell` that changes its result, JSON-ready: all its fields but `data_root` and `teacher_ckpt` (where the files are), `after` (the teacher cell, checked on its own) and `fuse` (how it trains, not what)."
+    return json.loads(json.dumps({k: v for k, v in asdict(cell).items() if k not in ('data_root', 'after', 'teacher_ckpt', 'fuse')}, default=str))
 
 def identity_change(stored:dict, new:dict) -> str|None:
     "The first setting in which identity `new` differs from `stored`, the cell's when it ran ('field: a there, b in the spec'), or None."
@@ -402,48 +413,73 @@ def log_event(out, cell_id:str, event:str, **info):
 # %% ../nbs/12_grid.ipynb #dab08246
 def _plain(text:str) -> str: return re.sub(r'\x1b\[[0-9;]*m', '', text)  # tracebacks from the kernel come coloured
 
-def execute_cell(out, params:dict, notebook=None) -> dict:
-    "Run the cell `params['cell_id']` of the grid in `out` through papermill; returns {'status': 'done'|'failed'|'locked', ...}."
-    import papermill as pm
-    params = dict(params); identity = params.pop('identity', None)  # not a notebook parameter
-    out, cid = Path(out), params['cell_id']
+def _claim(out, cid:str, identity:dict|None):
+    "Check a locked cell before it runs: (its outcome if it must not run, a note for its outcome)."
     run_dir = cell_dir(out, cid)
-    lock = CellLock(run_dir)
-    if not lock.acquire(): return dict(cell=cid, status='locked')
+    try: res = read_results(run_dir)
+    except KdnbError as e:
+        (run_dir/'results.json').replace(run_dir/'results.json.corrupt')
+        log_event(out, cid, 'corrupt', message=str(e))
+        res, note = None, f"{e}; set aside as results.json.corrupt, re-running the cell"
+    else: note = None
+    if res is not None: return dict(cell=cid, status='done', top1=res['last']['top1'], seconds=0., note='finished earlier'), None
+    if identity is not None:
+        try: stored = load_json(run_dir/'cell.json') if (run_dir/'cell.json').exists() else None
+        except KdnbError: stored = None  # unreadable: this run's settings replace it
+        if stored is not None and (ch := identity_change(stored, identity)) is not None:
+            return dict(cell=cid, status='failed', error=f"this cell ran with other settings ({ch}); restore the spec, or use a new --out"), None
+        if stored != identity: save_json(identity, run_dir/'cell.json')
+    (run_dir/'error.json').unlink(missing_ok=True)
+    return None, note
+
+def _outcome(out, cid:str, error:Exception|None, t0:float, note:str|None, notebook:Path) -> dict:
+    "A cell's outcome after the notebook ran: done if it left finished results, else failed, recorded in its `error.json`."
     try:
-        try: res = read_results(run_dir)
-        except KdnbError as e:
-            (run_dir/'results.json').replace(run_dir/'results.json.corrupt')
-            log_event(out, cid, 'corrupt', message=str(e))
-            res, note = None, f"{e}; set aside as results.json.corrupt, re-running the cell"
-        else: note = None
-        if res is not None: return dict(cell=cid, status='done', top1=res['last']['top1'], seconds=0., note='finished earlier')
-        if identity is not None:
-            try: stored = load_json(run_dir/'cell.json') if (run_dir/'cell.json').exists() else None
-            except KdnbError: stored = None  # unreadable: this run's settings replace it
-            if stored is not None and (ch := identity_change(stored, identity)) is not None:
-                return dict(cell=cid, status='failed', error=f"this cell ran with other settings ({ch}); restore the spec, or use a new --out")
-            if stored != identity: save_json(identity, run_dir/'cell.json')
-        (run_dir/'error.json').unlink(missing_ok=True)
-        log_event(out, cid, 'start')
-        t0 = time.time()
-        try:
-            pm.execute_notebook(str(notebook or experiment_notebook()), str(run_dir/'experiment.ipynb'), parameters=params,
-                                cwd=str(run_dir), kernel_name='python3', progress_bar=False, log_output=False)
-            res = read_results(run_dir)
-            if res is None: raise KdnbError("the experiment notebook finished without writing its results")
-        except Exception as e:
-            tb = ''.join(getattr(e, 'traceback', None) or traceback.format_exception(e))
-            err = dict(cell=cid, error=getattr(e, 'ename', type(e).__name__), message=_plain(str(getattr(e, 'evalue', e))).strip()[:2000],
-                       traceback=_plain(tb)[-4000:],
-                       notebook=str(run_dir/'experiment.ipynb'), host=socket.gethostname(), seconds=round(time.time() - t0, 2))
-            save_json(err, run_dir/'error.json')
-            log_event(out, cid, 'failed', error=err['error'], message=err['message'][:300])
-            return dict(cell=cid, status='failed', error=f"{err['error']}: {err['message'].splitlines()[-1] if err['message'] else ''}", note=note)
+        res = read_results(cell_dir(out, cid))
+        if res is None and error is None: error = KdnbError("the experiment notebook finished without writing its results")
+    except KdnbError as e: res, error = None, e
+    if res is not None:
         seconds = round(time.time() - t0, 2)
         log_event(out, cid, 'done', top1=res['last']['top1'], seconds=seconds)
         return dict(cell=cid, status='done', top1=res['last']['top1'], seconds=seconds, note=note)
-    finally: lock.release()
+    tb = ''.join(getattr(error, 'traceback', None) or traceback.format_exception(error))
+    err = dict(cell=cid, error=getattr(error, 'ename', type(error).__name__), message=_plain(str(getattr(error, 'evalue', error))).strip()[:2000],
+               traceback=_plain(tb)[-4000:], notebook=str(notebook), host=socket.gethostname(), seconds=round(time.time() - t0, 2))
+    save_json(err, cell_dir(out, cid)/'error.json')
+    log_event(out, cid, 'failed', error=err['error'], message=err['message'][:300])
+    return dict(cell=cid, status='failed', error=f"{err['error']}: {err['message'].splitlines()[-1] if err['message'] else ''}", note=note)
+
+def execute_cells(out, params_list:list[dict], notebook=None) -> list[dict]:
+    "Run grid cells through papermill: one alone, or several of one `fuse_key` in one fused run; one outcome each ('done', 'failed' or 'locked')."
+    import papermill as pm
+    out, outcomes, run, locks = Path(out), {}, [], []
+    try:
+        for params in params_list:
+            params = dict(params); identity = params.pop('identity', None)  # not a notebook parameter
+            cid = params['cell_id']
+            lock = CellLock(cell_dir(out, cid))
+            if not lock.acquire(): outcomes[cid] = dict(cell=cid, status='locked'); continue
+            locks.append(lock)
+            outcome, note = _claim(out, cid, identity)
+            if outcome is not None: outcomes[cid] = outcome
+            else: run.append((params, note))
+        if run:
+            first, first_dir = run[0][0], cell_dir(out, run[0][0]['cell_id'])
+            fused = [dict(cell_id=p['cell_id'], method=p['method'], hparams=p['hparams'],
+                          out_dir=os.path.relpath(cell_dir(out, p['cell_id']), first_dir)) for p, _ in run[1:]]
+            for p, _ in run: log_event(out, p['cell_id'], 'start', **(dict(fused_in=first['cell_id']) if fused else {}))
+            t0, error = time.time(), None
+            try: pm.execute_notebook(str(notebook or experiment_notebook()), str(first_dir/'experiment.ipynb'), parameters={**first, 'fused': fused},
+                                     cwd=str(first_dir), kernel_name='python3', progress_bar=False, log_output=False)
+            except Exception as e: error = e
+            for p, note in run: outcomes[p['cell_id']] = _outcome(out, p['cell_id'], error, t0, note, first_dir/'experiment.ipynb')
+    finally:
+        for lock in locks: lock.release()
+    return [outcomes[p['cell_id']] for p in params_list]
+
+def execute_cell(out, params:dict, notebook=None) -> dict:
+    "Run the cell `params['cell_id']` of the grid in `out` through papermill; returns {'status': 'done'|'failed'|'locked', ...}."
+    return execute_cells(out, [params], notebook)[0]
 
 # %% ../nbs/12_grid.ipynb #aba25c90
 def _die_with_parent():
@@ -468,34 +504,39 @@ class LocalBackend:
         self.out, self.notebook, self.running = Path(out), notebook, {}  # slot -> (cell id, Popen, log file)
         self.label = f"{self.workers} local worker{'s' * (self.workers > 1)} on {'GPU' if gpus else 'CPU'}"
     def free(self) -> int: return self.workers - len(self.running)
-    def submit(self, cell:Cell, params:dict):
+    def submit(self, cells:list[Cell], params:list[dict]):
+        "Run `cells` (one, or several to fuse) with their papermill `params` in a free slot."
         slot = next(i for i in range(self.workers) if i not in self.running)
-        params = {**params, 'device': params.get('device') or self.device}
+        params = [{**p, 'device': p.get('device') or self.device} for p in params]
         args = [sys.executable, '-c', 'import sys; from kdnb.cli import main; sys.exit(main())', 'grid', 'exec', str(self.out), json.dumps(params)]
         if self.notebook: args += ['--notebook', str(self.notebook)]
-        log = cell_dir(self.out, cell.id); log.mkdir(parents=True, exist_ok=True)
-        f = open(log/'exec.log', 'a')  # the child's output; its outcome is the last line
+        log = cell_dir(self.out, cells[0].id); log.mkdir(parents=True, exist_ok=True)
+        f = open(log/'exec.log', 'a')  # the child's output; each cell's outcome is a line of its own
         p = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **self.slots[slot]}, preexec_fn=_die_with_parent)
-        self.running[slot] = (cell.id, p, f)
+        self.running[slot] = ([c.id for c in cells], p, f)
     def poll(self, timeout:float) -> list[dict]:
         end, done = time.time() + timeout, []
         while not done and time.time() < end:
-            for slot, (cid, p, f) in list(self.running.items()):
+            for slot, (cids, p, f) in list(self.running.items()):
                 if p.poll() is None: continue
                 f.close(); del self.running[slot]
-                lines = [l for l in Path(f.name).read_text(errors='replace').splitlines() if l.startswith('{"cell"')]
-                try: done.append(json.loads(lines[-1]))
-                except (IndexError, json.JSONDecodeError):
-                    done.append(dict(cell=cid, status='failed', error=f"worker exited with code {p.returncode}; see {cell_dir(self.out, cid)/'exec.log'}"))
+                found = {}
+                for line in Path(f.name).read_text(errors='replace').splitlines():
+                    if not line.startswith('{"cell"'): continue
+                    try: o = json.loads(line)
+                    except json.JSONDecodeError: continue
+                    found[o['cell']] = o
+                done += [found.get(cid) or dict(cell=cid, status='failed', error=f"worker exited with code {p.returncode}; see {cell_dir(self.out, cids[0])/'exec.log'}")
+                         for cid in cids]
             if not done: time.sleep(min(0.2, timeout))
         return done
     def close(self):
-        for cid, p, f in self.running.values():
+        for cids, p, f in self.running.values():
             p.kill(); p.wait(); f.close()
         self.running = {}
 
 # %% ../nbs/12_grid.ipynb #88f07bf4
-def _ray_execute(out, params, notebook): return execute_cell(out, params, notebook)
+def _ray_execute(out, params, notebook): return execute_cells(out, params, notebook)
 
 class RayBackend:
     "Cells as Ray tasks on the cluster at `address`, one GPU (or one CPU) each."
@@ -516,17 +557,17 @@ class RayBackend:
         self.out, self.notebook, self.running = Path(out).resolve(), notebook, {}
         self.label = f"Ray cluster {address}: {self.workers} concurrent task{'s' * (self.workers > 1)} ({'1 GPU' if gpu else '1 CPU'} each)"
     def free(self) -> int: return self.workers - len(self.running)
-    def submit(self, cell, params):
-        ref = self.task.remote(str(self.out), {**params, 'device': params.get('device') or self.device}, self.notebook and str(self.notebook))
-        self.running[ref] = cell.id
+    def submit(self, cells, params):
+        ref = self.task.remote(str(self.out), [{**p, 'device': p.get('device') or self.device} for p in params], self.notebook and str(self.notebook))
+        self.running[ref] = [c.id for c in cells]
     def poll(self, timeout:float) -> list[dict]:
         if not self.running: time.sleep(timeout); return []
         ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=timeout)
         done = []
         for ref in ready:
-            cid = self.running.pop(ref)
-            try: done.append(self.ray.get(ref))
-            except Exception as e: done.append(dict(cell=cid, status='failed', error=f"Ray task failed: {type(e).__name__}: {str(e).splitlines()[0]}"))
+            cids = self.running.pop(ref)
+            try: done += self.ray.get(ref)
+            except Exception as e: done += [dict(cell=cid, status='failed', error=f"Ray task failed: {type(e).__name__}: {str(e).splitlines()[0]}") for cid in cids]
         return done
     def close(self):
         for ref in self.running: self.ray.cancel(ref, force=True)
@@ -553,8 +594,13 @@ def describe_plan(plan:Plan, out=None) -> str:
         rows.append(f"{i:4d}. {state}{c.id}\n        {c.describe()}" + (f"\n        after {', '.join(c.after)}" if c.after else ''))
     n_train = sum(c.kind == 'train' for c in plan.cells)
     per = ', '.join(f"{e}: {len({i for en in plan.entries if en.experiment == e for i in en.cells})}" for e in plan.experiments())
+    groups = {}
+    for c in plan.cells:
+        if c.fuse_key() is not None: groups.setdefault(c.fuse_key(), []).append(c)
+    fused = [g for g in groups.values() if len(g) > 1]
     rows.append(f"{plan.file}: {len(plan.cells)} cells ({n_train} from scratch, {len(plan.cells) - n_train} distillation) in dependency order; "
-                f"cells per experiment (shared ones counted in each): {per}")
+                f"cells per experiment (shared ones counted in each): {per}" +
+                (f"; fuse: {sum(map(len, fused))} cells in {len(fused)} fused runs (the cells of a group that are ready together train in one loop)" if fused else ''))
     return '\n'.join(rows)
 
 # %% ../nbs/12_grid.ipynb #a9989e96
@@ -611,6 +657,10 @@ def run_grid(spec, out, workers:int|None=None, dry_run:bool=False, backend:str='
     def elsewhere_failed(c):
         f = cell_dir(out, c.id)/'error.json'
         return f.exists() and f.stat().st_mtime > started
+    def ready(c): return all(outcomes.get(d, {}).get('status') == 'done' for d in c.after)
+    def free_here(c):  # not running elsewhere, finished or failed there: a cell to run in this runner now
+        run_dir = cell_dir(out, c.id)
+        return not is_locked(run_dir) and cell_state(run_dir) != 'done' and not elsewhere_failed(c)
     pending, retry_at = list(todo), {}
     if progress and todo: bar.update(0)
     try:
@@ -626,7 +676,10 @@ def run_grid(spec, out, workers:int|None=None, dry_run:bool=False, backend:str='
                     pending.remove(c); res = read_results(run_dir)
                     finish(dict(cell=c.id, status='done', top1=res['last']['top1'], note='finished by another runner')); continue
                 if elsewhere_failed(c): pending.remove(c); finish(dict(cell=c.id, status='failed', error='failed in another runner; see its error.json')); continue
-                pending.remove(c); runner.submit(c, cell_parameters(c, out, device, data_root))
+                pending.remove(c)
+                group = [c] + [d for d in list(pending) if c.fuse_key() is not None and d.fuse_key() == c.fuse_key() and ready(d) and free_here(d)]
+                for d in group[1:]: pending.remove(d)
+                runner.submit(group, [cell_parameters(x, out, device, data_root) for x in group])
             for o in runner.poll(0.5):
                 if o['status'] == 'locked': pending.insert(0, plan[o['cell']]); retry_at[o['cell']] = time.time() + 2
                 else: finish(o)

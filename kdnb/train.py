@@ -15,7 +15,7 @@ import numpy as np, pandas as pd, torch, torch.nn as nn
 from fastai.learner import Learner
 from fastcore.basics import noop
 import fastai.callback.progress  # registers the fastprogress bar and `Learner.no_bar`
-from fastai.optimizer import SGD
+from fastai.optimizer import OptimWrapper
 from fastai.metrics import accuracy, top_k_accuracy
 from fastai.callback.core import Callback, CancelTrainException
 from fastai.torch_core import set_seed, default_device
@@ -26,9 +26,9 @@ from .models.core import create_model
 
 # %% auto #0
 __all__ = ['RECIPES', 'RUN_FILES', 'Recipe', 'reference_recipe', 'run_epoch', 'MultiStepLR', 'top1', 'top5', 'LossNotFinite',
-           'EpochLoss', 'Checkpointer', 'load_checkpoint', 'load_weights', 'run_dir', 'prepare_run_dir',
-           'check_batches', 'one_process_per_run', 'make_learner', 'fit_run', 'git_commit', 'versions',
-           'make_run_dataloaders', 'train_model']
+           'EpochLoss', 'random_state', 'set_random_state', 'seed_training', 'Checkpointer', 'load_checkpoint',
+           'load_weights', 'run_dir', 'prepare_run_dir', 'check_batches', 'one_process_per_run', 'make_learner',
+           'fit_run', 'fit_epochs', 'run_results', 'git_commit', 'versions', 'make_run_dataloaders', 'train_model']
 
 # %% ../nbs/07_train.ipynb #06cb0ab9
 @dataclass
@@ -86,7 +86,7 @@ class MultiStepLR(Callback):
     def before_epoch(self):
         if self.opt is None: return  # `Learner.validate` without training: no optimiser, no schedule
         scale = self.gamma ** sum(run_epoch(self.learn) >= m for m in self.milestones)
-        for h, lr in zip(self.opt.hypers, self.base): h['lr'] = lr * scale
+        self.opt.set_hyper('lr', [lr * scale for lr in self.base])
 
 def top1(inp, targ): return accuracy(inp, targ)
 def top5(inp, targ): return top_k_accuracy(inp, targ, k=min(5, inp.shape[-1]))
@@ -111,15 +111,22 @@ class EpochLoss(Callback):
                         + "; the run stops without saving that epoch: lower --lr or change the hyper-parameters, then start it again")
 
 # %% ../nbs/07_train.ipynb #876e96e2
-def _rng_state(learn):
+def random_state(learn) -> dict:
+    "Every random stream a run draws from (torch, CUDA, Python, numpy, the training loader's shuffling): saved with each checkpoint."
     return dict(torch=torch.get_rng_state(), python=random.getstate(), numpy=np.random.get_state(),
                 cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 dl=learn.dls.train.rng.getstate())
 
-def _set_rng_state(learn, s):
+def set_random_state(learn, s):
     torch.set_rng_state(s['torch']); random.setstate(s['python']); np.random.set_state(s['numpy'])
     if s.get('cuda') is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
     learn.dls.train.rng.setstate(s['dl'])
+
+def seed_training(learn, seed:int):
+    "Seed every random stream training draws from (shuffling, augmentation), once the models are built."
+    # after the models: how many networks were initialised (a teacher, a peer, connectors, several fused students)
+    # and which stages ran before must not change the batches a run sees
+    set_seed(seed); learn.dls.train.rng.seed(seed)
 
 class Checkpointer(Callback):
     "After each epoch: log metrics (`train_loss`: the epoch's mean loss) to `history.csv` and save `last.pt` in `out`, atomically."
@@ -137,7 +144,7 @@ class Checkpointer(Callback):
         self.history.append(row)
         with atomic_write(self.out/'history.csv') as f: pd.DataFrame(self.history).to_csv(f, index=False)
         save_torch(dict(model=self.learn.model.state_dict(), opt=self.opt.state_dict(), epoch=row['epoch'] + 1,
-                        config=self.config, history=self.history, rng=_rng_state(self.learn)), self.out/'last.pt')
+                        config=self.config, history=self.history, rng=random_state(self.learn)), self.out/'last.pt')
 
 # %% ../nbs/07_train.ipynb #4ff1de93
 def load_checkpoint(path) -> dict:
@@ -236,9 +243,11 @@ def one_process_per_run(fit):
 # %% ../nbs/07_train.ipynb #bfb00a26
 def make_learner(dls, model:nn.Module, recipe:Recipe, out, cbs=(), metrics=None, splitter=None, speed:Speed|None=None) -> Learner:
     "A fastai `Learner` with the benchmark's optimiser: SGD, momentum, L2 weight decay on every parameter; `speed` adds bf16 autocast."
+    # PyTorch's SGD (through fastai's OptimWrapper) updates all parameters with a few multi-tensor kernels; fastai's own
+    # SGD loops over the parameters in Python, launching several kernels for each, which dominates a small-batch GPU step
     kw = dict(splitter=splitter) if splitter else {}
     learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), lr=recipe.lr, wd=recipe.wd, wd_bn_bias=True,
-                    opt_func=partial(SGD, mom=recipe.momentum, decouple_wd=False), metrics=metrics or [top1, top5],
+                    opt_func=partial(OptimWrapper, opt=torch.optim.SGD, momentum=recipe.momentum, weight_decay=recipe.wd), metrics=metrics or [top1, top5],
                     cbs=[DatasetIndexCallback(), MultiStepLR(recipe.milestones, recipe.gamma), EpochLoss(), *speed_callbacks(speed or Speed()), *cbs],
                     path=out, model_dir='.', **kw)
     return learn
@@ -254,8 +263,7 @@ def _epoch_line(learn):
 @one_process_per_run
 def fit_run(learn:Learner, recipe:Recipe, out, config:dict, resume:bool=False, progress:bool=True, lr=None, start:dict|None=None) -> dict:
     "Fit `learn` for the run described by `config` in `out` (resuming if asked) and return its results."
-    # `start`: the final checkpoint of an earlier stage; a fresh run starts from its weights and random state, so
-    # a multi-stage run resumed between two stages equals an uninterrupted one
+    # `start`: the final checkpoint of an earlier stage, whose weights a fresh run starts from
     out = Path(out)
     ckpt = prepare_run_dir(out, config, resume)
     if (out/'results.json').exists(): return load_json(out/'results.json')  # finished earlier (prepare_run_dir checked it is this run)
@@ -264,26 +272,34 @@ def fit_run(learn:Learner, recipe:Recipe, out, config:dict, resume:bool=False, p
         load_weights(learn.model, ckpt, out/'last.pt')
         learn.create_opt(); learn.opt.load_state_dict(ckpt['opt'])
         learn.epoch_offset, history = ckpt['epoch'], ckpt['history']
-        _set_rng_state(learn, ckpt['rng'])
-    elif start is not None:
-        load_weights(learn.model, start); _set_rng_state(learn, start['rng'])
+        set_random_state(learn, ckpt['rng'])
+    else:
+        if start is not None: load_weights(learn.model, start)
+        seed_training(learn, config.get('seed', 0))
     t0 = time.time()
     remaining = recipe.epochs - learn.epoch_offset
     if remaining > 0:
         cbs = [Checkpointer(out, config, history)]
-        if progress and sys.stdout.isatty(): learn.fit(remaining, lr=lr or recipe.lr, cbs=cbs)
-        else:  # a log file or CI gets one line per epoch, not the bar's redraws
-            logger, learn.logger = learn.logger, _epoch_line(learn) if progress else noop
-            try:
-                with learn.no_bar(): learn.fit(remaining, lr=lr or recipe.lr, cbs=cbs)
-            finally: learn.logger = logger
+        fit_epochs(learn, remaining, lr or recipe.lr, cbs, progress)
         history = cbs[0].history
-    best = max(history, key=lambda r: r['top1'])
-    results = dict(config=config, last=_summary(history[-1]), best=_summary(best), epochs=len(history),
-                   wall_time_s=round(sum(r['seconds'] for r in history), 2), this_session_s=round(time.time() - t0, 2),
-                   history=history, checkpoint='last.pt', versions=versions())
+    results = run_results(config, history, time.time() - t0)
     save_json(results, out/'results.json')
     return results
+
+def fit_epochs(learn:Learner, n:int, lr:float, cbs:list, progress:bool=True):
+    "`learn.fit(n, lr, cbs)` with a progress bar on a terminal, one line per epoch in a log file (or nothing if not `progress`)."
+    if progress and sys.stdout.isatty(): return learn.fit(n, lr=lr, cbs=cbs)
+    logger, learn.logger = learn.logger, _epoch_line(learn) if progress else noop
+    try:
+        with learn.no_bar(): learn.fit(n, lr=lr, cbs=cbs)
+    finally: learn.logger = logger
+
+def run_results(config:dict, history:list, session_s:float) -> dict:
+    "A finished run's `results.json`: its config, last and best epochs, history, times and versions."
+    best = max(history, key=lambda r: r['top1'])
+    return dict(config=config, last=_summary(history[-1]), best=_summary(best), epochs=len(history),
+                wall_time_s=round(sum(r['seconds'] for r in history), 2), this_session_s=round(session_s, 2),
+                history=history, checkpoint='last.pt', versions=versions())
 
 def git_commit() -> str|None:
     "The commit of the kdnb checkout that is running ('+dirty' with uncommitted changes), or None if kdnb is not run from a clone."

@@ -181,9 +181,28 @@ def test_one_local_worker_per_gpu(tmp_path, monkeypatch):
     b = grid.LocalBackend(tmp_path)
     assert (b.workers, b.device, b.free()) == (3, 'cuda', 3)
     cells = grid.load_plan(SMOKE).cells
-    for c in cells[:3]: b.submit(c, grid.cell_parameters(c, tmp_path))
+    for c in cells[:3]: b.submit([c], [grid.cell_parameters(c, tmp_path)])
     assert b.free() == 0 and [e['CUDA_VISIBLE_DEVICES'] for e in envs] == ['0', '1', '2']
     b.poll(1)  # the children are done: their slots are free again
-    b.submit(cells[3], grid.cell_parameters(cells[3], tmp_path))
+    b.submit([cells[3]], [grid.cell_parameters(cells[3], tmp_path)])
     assert envs[-1]['CUDA_VISIBLE_DEVICES'] in {'0', '1', '2'} and b.free() == 2
     assert grid.LocalBackend(tmp_path, device='cpu').device == 'cpu'  # --device cpu keeps cells off the GPUs
+
+def test_fused_grid(tmp_path):
+    "`fuse: true`: the distillation cells of one student and teacher train in one fused run, each writing its own finished cell."
+    spec = tmp_path/'fused.yaml'; spec.write_text('fuse: true\n' + TINY.replace('[KD, DIST]', '[KD, DIST, AT]'))
+    dry = run_main('grid', 'run', spec, '--out', tmp_path/'dry', '--dry-run', check=True).stdout
+    assert 'fuse: 3 cells in 1 fused runs' in dry
+    out = tmp_path/'g'
+    r = run_kdnb('grid', 'run', spec, '--out', out, check=True)
+    assert '5/5 cells finished' in r.stdout, r.stdout
+    fused = {e['cell']: e.get('fused_in') for e in events(out) if e['event'] == 'start' and '/distill/' in e['cell']}
+    assert len(fused) == 3 and len(set(fused.values())) == 1 and None not in fused.values(), fused  # one run for the three
+    for cid in fused:
+        res = json.loads((out/'cells'/cid/'results.json').read_text())
+        assert res['cell'] == cid and abs(res['evaluation']['top1'] - res['last']['top1']) < 1e-3 and len(res['fused_with']) == 2
+        assert (out/'cells'/cid/'cell.json').exists() and 'fuse' not in json.loads((out/'cells'/cid/'cell.json').read_text())
+    t = run_kdnb('grid', 'table', out, check=True).stdout
+    assert '| KD |' in t and '| AT |' in t and 'pending' not in t
+    r = run_kdnb('grid', 'run', spec, '--out', out, check=True)
+    assert '5 finished, 0 to run' in r.stdout

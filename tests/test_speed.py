@@ -54,3 +54,7 @@ def test_gpu_paths(tmp_path):
                  '--speed', speed, '--precision', precision, '--out', tmp_path/f's{i}', *common, check=True, timeout=900)
         res = json.loads((tmp_path/f's{i}'/'results.json').read_text())
         assert res['config']['precision'] == precision and 0 < res['last']['top1'] <= 1 and res['last']['train_loss'] == res['last']['train_loss']
+    # fused students on the GPU: one teacher pass feeding a logit method and a feature method, each written to its own folder
+    run_kdnb('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'ResNet-8', '--method', 'KD,AT',
+             '--speed', 'fast', '--precision', 'bf16', '--out', tmp_path/'fused', *common, check=True, timeout=900)
+    for m in ('KD', 'AT'): assert json.loads((tmp_path/'fused'/m/'results.json').read_text())['config']['method'] == m
