@@ -11,8 +11,8 @@ from pathlib import Path
 from .core import KdnbError, atomic_write, check_number
 
 # %% auto #0
-__all__ = ['count', 'positive', 'real', 'HPARAM_FLAGS', 'GRID_COMMANDS', 'COMMANDS', 'number', 'switch', 'parser', 'demo',
-           'plot_runs', 'main']
+__all__ = ['count', 'positive', 'real', 'HPARAM_FLAGS', 'GRID_COMMANDS', 'COMMANDS', 'number', 'switch', 'hparam', 'parser',
+           'demo', 'plot_runs', 'main']
 
 # %% ../nbs/20_cli.ipynb #5abf6294
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +37,14 @@ def switch(s:str) -> bool:
     v = {'true': True, 'yes': True, 'on': True, '1': True, 'false': False, 'no': False, 'off': False, '0': False}.get(s.lower())
     if v is None: raise argparse.ArgumentTypeError(f"{s!r} is not true or false")
     return v
+
+def hparam(s:str) -> tuple:
+    "An argparse type for `--hp NAME=VALUE`: the value read as YAML (4 -> int, 0.5 -> float, true -> bool, else a string)."
+    import yaml
+    name, eq, value = s.partition('=')
+    if not eq or not name.strip(): raise argparse.ArgumentTypeError(f"{s!r} is not NAME=VALUE")
+    try: return name.strip(), yaml.safe_load(value)
+    except yaml.YAMLError: return name.strip(), value
 
 HPARAM_FLAGS = {'alpha': real, 'beta': real, 'gamma': real, 'T': real, 'tau': real, 'weight': real, 'p': real, 'hint_epochs': count,
                 'warmup': count, 'init_epochs': count, 'nce_k': positive, 'logit_stand': switch}
@@ -66,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog='kdnb', description='Knowledge distillation of image classifiers.')
     sub = p.add_subparsers(dest='cmd', required=True)
     m = sub.add_parser('models', help='list the model zoo'); m.add_argument('pattern', nargs='?', default='*')
-    sub.add_parser('methods', help='list the distillation methods and their default hyper-parameters')
+    sub.add_parser('methods', help='list the distillation methods: family, default hyper-parameters, paper')
     sub.add_parser('datasets', help='list the datasets')
     t = sub.add_parser('train', help='train a zoo model from scratch with the reference recipe')
     t.add_argument('--model', required=True); _run_args(t)
@@ -77,6 +85,8 @@ def parser() -> argparse.ArgumentParser:
                    'run (one teacher pass per batch), each into --out/METHOD; a hyper-parameter flag goes to the methods that take it')
     d.add_argument('--teacher-logits', default='online', choices=['online', 'precomputed'])
     for k, typ in HPARAM_FLAGS.items(): d.add_argument(f'--{k.replace("_", "-")}', dest=k, type=typ)
+    d.add_argument('--hp', action='append', default=[], type=hparam, metavar='NAME=VALUE',
+                   help="any hyper-parameter of the method (a plugin's too), repeatable: --hp delta=0.09 --hp logit_stand=true")
     _run_args(d)
     e = sub.add_parser('demo', help='train a small teacher, then a student alone and with KD, on the embedded subset')
     e.add_argument('--out', type=Path, default=Path('runs/demo'))
@@ -134,7 +144,7 @@ def _methods(a):
     from kdnb.distill import list_methods, create_method
     for n in list_methods():  # every hyper-parameter with its default, the optional ones included, and the paper
         m = create_method(n)
-        print(f'{n:12s} {m.hparams(every=True)}' + (f'   [{m.paper}]' if m.paper else ''))
+        print(f'{n:12s} {m.family:12s} {m.hparams(every=True)}' + (f'   [{m.paper}]' if m.paper else ''))
 
 def _datasets(a):
     from kdnb.data import list_datasets
@@ -146,7 +156,7 @@ def _train(a):
 
 def _distill(a):
     from kdnb.distill import distill_model
-    hp = {k: getattr(a, k) for k in HPARAM_FLAGS if getattr(a, k) is not None}
+    hp = {**{k: getattr(a, k) for k in HPARAM_FLAGS if getattr(a, k) is not None}, **dict(a.hp)}
     methods = [m.strip() for m in a.method.split(',') if m.strip()]
     if len(methods) == 1:
         return _report(distill_model(a.student, a.teacher, methods[0], a.teacher_ckpt, teacher_logits=a.teacher_logits, **_common(a), **hp), a.out)
@@ -154,7 +164,7 @@ def _distill(a):
     from kdnb.fused import distill_fused
     takes = [set(create_method(m).hparams(every=True)) for m in methods]
     unused = [k for k in hp if not any(k in t for t in takes)]
-    if unused: raise KdnbError(f"none of {', '.join(methods)} takes --{unused[0].replace('_', '-')}; leave it out")
+    if unused: raise KdnbError(f"none of {', '.join(methods)} takes the hyper-parameter {unused[0]!r}; leave it out")
     results = distill_fused(a.student, a.teacher, methods, a.teacher_ckpt, teacher_logits=a.teacher_logits,
                             hparams=[{k: v for k, v in hp.items() if k in t} for t in takes], **_common(a))
     for r in results: print(f"{r['config']['method']:12s}", end=' '); _report(r, Path(a.out)/r['config']['method'])

@@ -13,7 +13,7 @@ from dataclasses import asdict, replace, dataclass
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastai.callback.core import Callback
-from fastai.learner import ValueMetric, Metric
+from fastai.learner import Learner, ValueMetric, Metric
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed, default_device
 from .losses import kd_loss, dist_terms, at_loss, dml_loss, hint_loss, SRD_LOGIT_LOSSES
@@ -23,18 +23,34 @@ from .models.core import Features, FeatureHooks, feature_spec, classify_feature_
 from .train import Recipe, reference_recipe, make_learner, fit_run, load_checkpoint, load_weights, make_run_dataloaders, run_epoch
 from .data import make_dataloaders
 from .fast import Speed, parse_speed, prepare_models, load_or_build_cache
+from .optim import DOT as DOTOptimizer
+from functools import partial
+from fastai.optimizer import OptimWrapper
 
 # %% auto #0
-__all__ = ['METHODS', 'HPARAM_BOUNDS', 'PAIR_HPARAMS', 'register_method', 'Stage', 'Method', 'list_methods', 'create_method',
-           'check_hparams', 'CE', 'KD', 'FitNet', 'AT', 'DML', 'DIST', 'SRD', 'SRDwithDIST', 'SRDwithKL', 'SRDwithPMSE',
-           'DKD', 'stage_pairs', 'FeatureKD', 'SP', 'CC', 'VID', 'RKD', 'PKT', 'NST', 'KDSVD', 'dataset_labels', 'CRD',
-           'FSP', 'AB', 'Paraphraser', 'FT', 'bn_before', 'OFD', 'ABF', 'ReviewKD', 'default_hparams',
-           'DistillationModel', 'set_context', 'Distiller', 'PeerAccuracy', 'load_teacher', 'distill_learner',
-           'precompute_teacher_logits', 'make_method', 'distill_speed', 'distill_config', 'frozen_teacher_sources',
-           'distill_model', 'run_pre_stages']
+__all__ = ['METHODS', 'METHOD_FAMILIES', 'HPARAM_BOUNDS', 'PAIR_HPARAMS', 'register_method', 'Stage', 'Method', 'list_methods',
+           'create_method', 'check_hparams', 'CE', 'KD', 'FitNet', 'AT', 'DML', 'DIST', 'SRD', 'SRDwithDIST',
+           'SRDwithKL', 'SRDwithPMSE', 'DKD', 'DOTKD', 'stage_pairs', 'FeatureKD', 'SP', 'CC', 'VID', 'RKD', 'PKT',
+           'NST', 'KDSVD', 'dataset_labels', 'CRD', 'FSP', 'AB', 'Paraphraser', 'FT', 'bn_before', 'OFD', 'ABF',
+           'ReviewKD', 'default_hparams', 'DistillationModel', 'set_context', 'Distiller', 'PeerAccuracy',
+           'load_teacher', 'distill_learner', 'precompute_teacher_logits', 'make_method', 'distill_speed',
+           'distill_config', 'frozen_teacher_sources', 'distill_model', 'run_pre_stages']
 
 # %% ../nbs/10_distill.ipynb #1b6a0682
 METHODS = Registry('method', group='kdnb.methods')
+
+METHOD_FAMILIES = {  # family -> (title, what its methods transfer): the docs site has a page per family
+    'baseline': ('Baseline', "The student trained on the labels alone: the row every gain is measured against."),
+    'logits': ('Logit distillation', "The teacher's output distribution: temperature-softened KL, its target and non-target parts, "
+                                     "inter- and intra-class correlations, or KD with an optimiser of its own."),
+    'features': ('Feature distillation', "Intermediate representations, through connectors trained with the student: hints, attention "
+                                         "maps, pre-activation margins, factors, flows, and multi-level reviews of the feature maps."),
+    'relations': ('Relational distillation', "Relations among the images of a batch: pairwise similarities, correlations, distances and "
+                                             "angles, or probability distributions over neighbours."),
+    'contrastive': ('Contrastive distillation', "Student and teacher embeddings of one image made to agree against many negatives from a memory bank."),
+    'online': ('Online distillation', "Students that teach each other while they train, with no pre-trained teacher."),
+    'other': ('Other methods', "Methods registered without a family (plugins)."),
+}
 
 def register_method(name:str):
     "Class decorator adding a `Method` to the registry under `name`."
@@ -51,7 +67,8 @@ class Stage:
 
 class Method(nn.Module):
     "Base of distillation methods: `forward(s, t, y, ce)` returns a dict of weighted loss terms."
-    needs_features, trains_teacher, logits_only = False, False, True
+    needs_features, trains_teacher = False, False  # whether it needs feature maps (hooks on both networks), whether the teacher is a peer that trains
+    family: str = 'other'  # a key of METHOD_FAMILIES: the docs' page it is listed on
     # whether each network's `stages` are its stage features before their final activation (FeatureSpec.preact_stages: AB, OFD, ReviewKD's teacher)
     preact_student: bool = False
     preact_teacher: bool = False
@@ -67,11 +84,21 @@ class Method(nn.Module):
     step: int = 0  # training batches of the stage before this one
     batch_index: torch.Tensor|None = None  # the batch's dataset indices
     student_eval: bool = False  # the student in eval mode (BatchNorm statistics frozen) during a stage that does not train it (FT's)
+    task_terms: tuple = ()  # terms whose gradient the optimiser takes apart from the others' (DOT); empty: one backward of the sum
     def setup(self, s:Features, t:Features): "Build connectors from example features (shapes only); raise `KdnbError` if the networks cannot serve."
     def forward(self, s:Features, t:Features, y:torch.Tensor, ce:torch.Tensor) -> dict: raise NotImplementedError
     def pre_stages(self) -> list[Stage]: "Stages to train, in order, before the main one."; return []
     def attach_data(self, train_ds): "See the training set (indexed as `batch_index` counts) before `setup`: CRD sizes its memory from it."
     def attach_teacher(self, teacher:nn.Module): "See the teacher network before `setup` (OFD reads its BatchNorm layers); keep nothing of it that trains."
+    def optimizer(self, recipe): "The fastai `opt_func` the method trains with, or None for the recipe's SGD."; return None
+    @property
+    def logits_only(self) -> bool:
+        "Whether the teacher's logits are all it needs (so they may be pre-computed or cached): a method that needs features says so once."
+        return not self.needs_features
+    @property
+    def fusable(self) -> bool:
+        "Whether its student can train in a fused run (`kdnb.fused`): not with a peer of its own, nor an optimiser of its own."
+        return not self.trains_teacher and type(self).optimizer is Method.optimizer
     def hparams(self, every:bool=False) -> dict:
         "Hyper-parameter -> value; those in `optional` only when set away from their default, unless `every`."
         default = _init_defaults(type(self))
@@ -115,11 +142,13 @@ def check_hparams(cls, hparams:dict):
 @register_method('CE')
 class CE(Method):
     "No distillation: the student's cross-entropy alone (the from-scratch baseline)."
+    family = 'baseline'
     def forward(self, s, t, y, ce): return {'ce': ce}
 
 @register_method('KD')
 class KD(Method):
     "Hinton's KD: (1-alpha) CE + alpha T^2 KL(teacher || student); `logit_stand`: of the standardized logits."
+    family = 'logits'
     terms, optional, paper = ('ce', 'kd'), ('logit_stand',), 'Hinton et al., Distilling the Knowledge in a Neural Network, 2015'
     def __init__(self, alpha:float=0.9, T:float=4., logit_stand:bool=False):
         super().__init__(); self.alpha, self.T, self.logit_stand = alpha, T, logit_stand
@@ -129,7 +158,8 @@ class KD(Method):
 @register_method('FitNet')
 class FitNet(KD):
     "KD + beta MSE(regressor(student f3), teacher f3); `hint_epochs` > 0: the classic two stages, hint alone then plain KD."
-    needs_features, logits_only, uses = True, False, 'hint at f3 of both networks, through a conv regressor'
+    family = 'features'
+    needs_features, uses = True, 'hint at f3 of both networks, through a conv regressor'
     paper = 'Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015'
     def __init__(self, alpha:float=0.9, T:float=4., beta:float=2., hint_epochs:int=0):
         super().__init__(alpha, T); self.beta, self.hint_epochs = beta, hint_epochs
@@ -148,7 +178,8 @@ class FitNet(KD):
 @register_method('AT')
 class AT(KD):
     "KD + beta sum_j mean((a(f_s^j) - a(f_t^j))^2) over the stage outputs f1..f3."
-    needs_features, logits_only, terms, uses = True, False, ('ce', 'kd', 'at'), 'attention maps of f1, f2, f3, paired by index'
+    family = 'features'
+    needs_features, terms, uses = True, ('ce', 'kd', 'at'), 'attention maps of f1, f2, f3, paired by index'
     paper = 'Zagoruyko & Komodakis, Paying More Attention to Attention, ICLR 2017'
     def __init__(self, alpha:float=0.9, T:float=4., beta:float=1000., p:float=2.): super().__init__(alpha, T); self.beta, self.p = beta, p
     def forward(self, s, t, y, ce):
@@ -160,6 +191,7 @@ class AT(KD):
 @register_method('DML')
 class DML(Method):
     "Deep mutual learning: CE + w KL(peer || own) for the student, and symmetrically for the peer."
+    family = 'online'
     trains_teacher, terms, paper = True, ('ce', 'dml', 'peer_ce', 'peer_dml'), 'Zhang et al., Deep Mutual Learning, CVPR 2018'
     def __init__(self, weight:float=1.): super().__init__(); self.weight = weight
     def forward(self, s, t, y, ce):
@@ -170,6 +202,7 @@ class DML(Method):
 @register_method('DIST')
 class DIST(Method):
     "alpha CE + beta inter-class + gamma intra-class Pearson losses on softmax(z/tau)."
+    family = 'logits'
     terms, optional, paper = ('ce', 'inter', 'intra'), ('logit_stand',), 'Huang et al., Knowledge Distillation from a Stronger Teacher, NeurIPS 2022'
     def __init__(self, alpha:float=1., beta:float=2., gamma:float=2., tau:float=4., logit_stand:bool=False):
         super().__init__(); self.alpha, self.beta, self.gamma, self.tau, self.logit_stand = alpha, beta, gamma, tau, logit_stand
@@ -181,10 +214,12 @@ class DIST(Method):
 @register_method('SRD')
 class SRD(Method):
     "CE + alpha MSE(r(f_s), f_t) + beta L(teacher_head(r(f_s)), teacher logits); L = MSE on logits."
-    needs_features, logits_only, terms, logit_loss = True, False, ('ce', 'feat', 'logit'), 'mse'
+    family = 'features'
+    needs_features, terms, logit_loss = True, ('ce', 'feat', 'logit'), 'mse'
     paper = 'Yang et al., Knowledge Distillation via Softmax Regression Representation Learning, ICLR 2021'
     uses = "last feature map through a 1x1 connector, and the teacher's head"
     def __init__(self, alpha:float=1., beta:float=2.): super().__init__(); self.alpha, self.beta = alpha, beta
+    def attach_teacher(self, teacher): object.__setattr__(self, 'teacher_head', teacher)  # used, never trained or saved with the method
     def setup(self, s, t): self.connector = Connector(s.final.shape[1:], t.final.shape[1:], kernel_size=1)
     def forward(self, s, t, y, ce):
         f = self.connector(s.final)
@@ -195,23 +230,27 @@ class SRD(Method):
 @register_method('SRDwithDIST')
 class SRDwithDIST(SRD):
     "SRD whose logit term is DIST's inter + intra Pearson loss on raw logits (each weight 1)."
+    family = 'features'
     logit_loss = 'dist'
     def __init__(self, alpha:float=1., beta:float=10.): super().__init__(alpha, beta)
 
 @register_method('SRDwithKL')
 class SRDwithKL(SRD):
     "SRD whose logit term is KL(teacher || teacher_head(r(f_s))) at T=1."
+    family = 'features'
     logit_loss = 'kl'
 
 @register_method('SRDwithPMSE')
 class SRDwithPMSE(SRD):
     "SRD whose logit term is the MSE of the softmax probabilities."
+    family = 'features'
     logit_loss = 'pmse'
 
 # %% ../nbs/10_distill.ipynb #4cf7210b
 @register_method('DKD')
 class DKD(Method):
     "gamma CE + w(epoch) (alpha TCKD + beta NCKD), w rising linearly to 1 over the first `warmup` epochs."
+    family = 'logits'
     terms, paper = ('ce', 'tckd', 'nckd'), 'Zhao et al., Decoupled Knowledge Distillation, CVPR 2022'
     def __init__(self, alpha:float=1., beta:float=8., T:float=4., gamma:float=1., warmup:int=20, logit_stand:bool=False):
         super().__init__()
@@ -222,6 +261,21 @@ class DKD(Method):
         w = self.warmup_weight()
         return {'ce': self.gamma * ce, 'tckd': w * self.alpha * tckd, 'nckd': w * self.beta * nckd}
 
+# %% ../nbs/10_distill.ipynb #0193e9b3
+@register_method('DOT')
+class DOTKD(KD):
+    "KD trained with DOT: separate momenta for the CE (momentum - delta) and the KD (momentum + delta) gradients."
+    family = 'logits'
+    task_terms, paper = ('ce',), 'Zhao et al., DOT: A Distillation-Oriented Trainer, ICCV 2023'
+    uses = "the logits (KD's loss), with the DOT optimiser"
+    def __init__(self, alpha:float=0.9, T:float=4., logit_stand:bool=False, delta:float=0.075):
+        super().__init__(alpha, T, logit_stand); self.delta = delta
+    def optimizer(self, recipe):
+        if not 0 <= self.delta < 1 - recipe.momentum:
+            raise KdnbError(f"DOT's delta must be in [0, {1 - recipe.momentum:g}) with the recipe's momentum {recipe.momentum:g} (so that both momenta "
+                            f"stay in [0, 1)), not {self.delta!r}; pass another --hp delta=..., or leave it out for 0.075")
+        return partial(OptimWrapper, opt=DOTOptimizer, momentum=recipe.momentum, delta=self.delta, weight_decay=recipe.wd)
+
 # %% ../nbs/10_distill.ipynb #866bb284
 def stage_pairs(s:Features, t:Features) -> tuple[list, list]:
     "The stage outputs f1.. up to the last map of both networks, paired by index, as many as the shallower network has."
@@ -231,7 +285,7 @@ def stage_pairs(s:Features, t:Features) -> tuple[list, list]:
 
 class FeatureKD(Method):
     "gamma CE + alpha KD + beta x the method's `feature_loss` (RepDistiller's -r, -a, -b); subclasses set the loss and its defaults."
-    needs_features, logits_only, feature_term = True, False, 'feat'
+    needs_features, feature_term = True, 'feat'
     def __init__(self, beta:float=1., gamma:float=1., alpha:float=0., T:float=4.):
         super().__init__(); self.beta, self.gamma, self.alpha, self.T = beta, gamma, alpha, T
     @property
@@ -244,6 +298,7 @@ class FeatureKD(Method):
 @register_method('SP')
 class SP(FeatureKD):
     "gamma CE + beta SP loss between the B x B similarities of the last feature maps (+ alpha KD)."
+    family = 'relations'
     feature_term, uses, paper = 'sp', 'B x B similarities of the last feature map', 'Tung & Mori, Similarity-Preserving Knowledge Distillation, ICCV 2019'
     def __init__(self, beta:float=3000., gamma:float=1., alpha:float=0., T:float=4.): super().__init__(beta, gamma, alpha, T)
     def feature_loss(self, s, t): return sp_loss([s.final], [t.final])
@@ -251,6 +306,7 @@ class SP(FeatureKD):
 @register_method('CC')
 class CC(FeatureKD):
     "gamma CE + beta CC loss between the RBF correlations of projected embeddings (+ alpha KD)."
+    family = 'relations'
     feature_term, uses, paper = 'cc', 'embeddings through a trainable linear projection each', 'Peng et al., Correlation Congruence for Knowledge Distillation, ICCV 2019'
     hparam_bounds = {'rbf_gamma': (None, 0), 'dim': (1, None)}
     def __init__(self, beta:float=1., gamma:float=1., alpha:float=0., T:float=4., rbf_gamma:float=0.4, order:int=2, dim:int=128):
@@ -266,6 +322,7 @@ def _vid_regressor(c_in:int, c_out:int) -> nn.Sequential:
 @register_method('VID')
 class VID(FeatureKD):
     "gamma CE + beta sum over stage pairs of the Gaussian NLL of the teacher's map given the student's (+ alpha KD)."
+    family = 'features'
     feature_term, paper = 'vid', 'Ahn et al., Variational Information Distillation for Knowledge Transfer, CVPR 2019'
     uses = 'stage outputs f1.. paired by index, each through a 1x1-conv regressor, with trainable variances per channel'
     hparam_bounds = {'init_var': (None, 0), 'eps': (None, 0)}
@@ -288,6 +345,7 @@ class VID(FeatureKD):
 @register_method('RKD')
 class RKD(FeatureKD):
     "gamma CE + beta (distance_weight distance + angle_weight angle) RKD loss on the embeddings (+ alpha KD)."
+    family = 'relations'
     feature_term, uses, paper = 'rkd', 'distances and angles among the embeddings', 'Park et al., Relational Knowledge Distillation, CVPR 2019'
     def __init__(self, beta:float=1., gamma:float=1., alpha:float=0., T:float=4., distance_weight:float=25., angle_weight:float=50.):
         super().__init__(beta, gamma, alpha, T); self.distance_weight, self.angle_weight = distance_weight, angle_weight
@@ -296,6 +354,7 @@ class RKD(FeatureKD):
 @register_method('PKT')
 class PKT(FeatureKD):
     "gamma CE + beta PKT loss between the cosine-kernel conditional probabilities of the embeddings (+ alpha KD)."
+    family = 'relations'
     feature_term, uses, paper = 'pkt', 'cosine similarities among the embeddings', 'Passalis & Tefas, Learning Deep Representations with Probabilistic Knowledge Transfer, ECCV 2018'
     def __init__(self, beta:float=30000., gamma:float=1., alpha:float=0., T:float=4.): super().__init__(beta, gamma, alpha, T)
     def feature_loss(self, s, t): return pkt_loss(s.embedding, t.embedding)
@@ -303,6 +362,7 @@ class PKT(FeatureKD):
 @register_method('NST')
 class NST(FeatureKD):
     "gamma CE + beta sum over stage pairs of the MMD (polynomial kernel) between channel activation maps (+ alpha KD)."
+    family = 'features'
     feature_term, uses, paper = 'nst', 'stage outputs f1.. paired by index', 'Huang & Wang, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer, 2017'
     def __init__(self, beta:float=50., gamma:float=1., alpha:float=0., T:float=4.): super().__init__(beta, gamma, alpha, T)
     def feature_loss(self, s, t): return nst_loss(*stage_pairs(s, t))
@@ -311,6 +371,7 @@ class NST(FeatureKD):
 @register_method('KDSVD')
 class KDSVD(FeatureKD):
     "gamma CE + beta KDSVD loss between consecutive stage outputs' leading singular vectors (+ alpha KD)."
+    family = 'features'
     feature_term, paper = 'kdsvd', 'Lee et al., Self-supervised Knowledge Distillation Using Singular Value Decomposition, ECCV 2018'
     uses = 'leading singular vectors of the stage outputs f1.., paired by index (as many channels in both networks)'
     hparam_bounds = {'k': (1, None)}
@@ -336,6 +397,7 @@ def dataset_labels(ds) -> np.ndarray|None:
 @register_method('CRD')
 class CRD(FeatureKD):
     "gamma CE + beta (NCE student->teacher memory + NCE teacher->student memory) on projected embeddings (+ alpha KD)."
+    family = 'contrastive'
     feature_term, paper = 'crd', 'Tian et al., Contrastive Representation Distillation, ICLR 2020'
     uses = 'embeddings through trainable projections, a memory bank of both over the training set'
     hparam_bounds = {'nce_k': (1, None), 'nce_t': (None, 0), 'dim': (1, None)}
@@ -391,6 +453,7 @@ class CRD(FeatureKD):
 @register_method('FSP')
 class FSP(FeatureKD):
     "A stage of `init_epochs` on the FSP loss alone, then gamma CE (+ alpha KD, + beta FSP)."
+    family = 'features'
     feature_term, paper = 'fsp', 'Yim et al., A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and Transfer Learning, CVPR 2017'
     uses = 'FSP matrices of consecutive maps stem, f1.. (as many channels in both networks), in an initialisation stage'
     def __init__(self, beta:float=0., gamma:float=1., alpha:float=0., T:float=4., init_epochs:int=30):
@@ -415,6 +478,7 @@ class FSP(FeatureKD):
 @register_method('AB')
 class AB(FSP):
     "A stage of `init_epochs` on the activation-boundary loss alone (student + connectors), then gamma CE (+ alpha KD, + beta AB)."
+    family = 'features'
     feature_term, preact_student, preact_teacher = 'ab', True, True
     paper = 'Heo et al., Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons, AAAI 2019'
     uses = 'pre-activation stage outputs, paired by index, through a 1x1 conv-BN connector each, in an initialisation stage'
@@ -447,6 +511,7 @@ class Paraphraser(nn.Module):
 @register_method('FT')
 class FT(FeatureKD):
     "A stage of `init_epochs` training the paraphraser on the teacher's last map, then gamma CE + beta FT (+ alpha KD)."
+    family = 'features'
     feature_term, paper = 'ft', 'Kim et al., Paraphrasing Complex Network: Network Compression via Factor Transfer, NeurIPS 2018'
     uses = "last feature maps: the teacher's through a paraphraser (trained first), the student's through a translator"
     hparam_bounds = {'init_lr': (None, 0), 'k': (None, 0)}
@@ -487,6 +552,7 @@ def _ofd_connector(cs:int, ct:int) -> nn.Sequential:
 @register_method('OFD')
 class OFD(FeatureKD):
     "gamma CE + beta OFD partial L2 between connected student and teacher pre-activation maps, with the teacher's margins (+ alpha KD)."
+    family = 'features'
     feature_term, preact_student, preact_teacher, paper = 'ofd', True, True, 'Heo et al., A Comprehensive Overhaul of Feature Distillation, ICCV 2019'
     uses = "pre-activation stage outputs (the deepest pairs), through a 1x1 conv-BN connector each; margins from the teacher's BatchNorm layers"
     def __init__(self, beta:float=1e-3, gamma:float=1., alpha:float=0., T:float=4.): super().__init__(beta, gamma, alpha, T)
@@ -530,6 +596,7 @@ class ABF(nn.Module):
 @register_method('ReviewKD')
 class ReviewKD(FeatureKD):
     "gamma CE + w(epoch) beta HCL between the student's stages fused deepest first (ABF) and the teacher's pre-activation stages (+ alpha KD)."
+    family = 'features'
     feature_term, preact_teacher, paper = 'review', True, 'Chen et al., Distilling Knowledge via Knowledge Review, CVPR 2021'
     uses = "the student's stage outputs and embedding, fused deepest first; the teacher's pre-activation stage outputs and embedding"
     def __init__(self, beta:float=5., gamma:float=1., alpha:float=0., T:float=4., warmup:int=20):
@@ -593,7 +660,6 @@ class DistillationModel(nn.Module):
             x = torch.zeros(2, *input_size)
             with torch.no_grad(): s, t = _example_features(student, x, method.preact_student), _example_features(teacher, x, method.preact_teacher)
             method.setup(s, t); method.built = True
-        if isinstance(method, SRD): object.__setattr__(method, 'teacher_head', teacher)  # used, never trained or saved
     def forward(self, x):
         if self.peer is not None: self.peer_logits = self.peer(x)
         return self.student(x)
@@ -654,9 +720,17 @@ class Distiller(Callback):
         terms = self.method(self.s_feats, self.t_feats, self.y, self.learn.loss_grad)
         loss = sum(terms.values())
         self.learn.loss_grad, self.learn.loss = loss, loss.detach()
+        if self.method.task_terms:  # backward of the task terms first (`before_backward`), then of the others
+            self.task_loss = sum(terms[k] for k in self.method.task_terms)
+            self.learn.loss_grad = sum(v for k, v in terms.items() if k not in self.method.task_terms)
         for k, v in terms.items(): self.sums[k] = self.sums[k] + v.detach()  # no .item(): no GPU sync per batch
         self.count += 1
         self.s_feats = self.t_feats = None  # free the graph's references before backward
+    def before_backward(self):
+        if getattr(self, 'task_loss', None) is None: return
+        self.task_loss.backward(retain_graph=True)
+        getattr(self.learn.opt, 'opt', self.learn.opt).stash_task_grads()  # the optimiser (DOT, in fastai's wrapper) keeps it apart
+        self.task_loss = None
     def after_fit(self):
         for h in (self.s_hooks, self.t_hooks):
             if h: h.remove()
@@ -687,7 +761,8 @@ def distill_learner(dls, student:nn.Module, teacher:nn.Module, method:Method, re
     if method.trains_teacher:
         from kdnb.train import top1, top5
         metrics = [top1, top5, PeerAccuracy()]
-    return make_learner(dls, model, recipe, out, cbs=[Distiller(teacher, teacher_logits, cache)], metrics=metrics, speed=speed), recipe.lr
+    return make_learner(dls, model, recipe, out, cbs=[Distiller(teacher, teacher_logits, cache)], metrics=metrics, speed=speed,
+                        opt_func=method.optimizer(recipe)), recipe.lr
 
 # %% ../nbs/10_distill.ipynb #563ca0eb
 def _random_states(dl) -> tuple: return dl.rng.getstate(), torch.get_rng_state(), random.getstate(), np.random.get_state()

@@ -14,7 +14,8 @@ from .core import KdnbError
 
 # %% auto #0
 __all__ = ['SECTIONS', 'HOOKS', 'source_hash', 'exec_key', 'stored_key', 'execute_notebooks', 'mkdocs_notebook', 'section',
-           'stage_pages', 'benchmark_page', 'api_page', 'mkdocs_config', 'search_without_code', 'build_docs']
+           'stage_pages', 'benchmark_page', 'api_page', 'method_family_pages', 'mkdocs_config', 'search_without_code',
+           'build_docs']
 
 # %% ../nbs/21_docs.ipynb #4b5c37eb
 def _cfg(root=None):
@@ -173,6 +174,32 @@ def api_page(modidx:dict) -> str:
         if public: lines += [f'## `{mod}`\n', *[f"- [`{n}`]({u.replace('.html', '.ipynb', 1)})" for n, u in public], '']
     return '\n'.join(lines)
 
+# %% ../nbs/21_docs.ipynb #fc51d2ad
+def method_family_pages() -> dict[str, tuple[str, str]]:
+    "Markdown pages of the registered methods, one per family: {file name: (title, page)}."
+    from kdnb.distill import Method, METHODS, METHOD_FAMILIES, create_method
+    by_family = {}
+    for name in METHODS.names(): by_family.setdefault(create_method(name).family, []).append(name)
+    pages = {}
+    for fam, (title, what) in METHOD_FAMILIES.items():
+        if fam not in by_family: continue
+        lines = [f"# {title}\n", f"{what}\n",
+                 "Each method is defined, with its formula, its source and a golden test of its loss, in the notebooks "
+                 "[Losses](losses.ipynb) and [Distillation](distill.ipynb); `kdnb methods` lists them all.\n"]
+        for name in by_family[fam]:
+            m = create_method(name)
+            hp = m.hparams(every=True)
+            lines += [f"## {name}\n", (type(m).__doc__ or '').strip() + '\n']
+            if m.paper: lines.append(f"*{m.paper}*\n")
+            lines.append(f"Loss terms: {', '.join(f'`{t}`' for t in m.terms)}." + (f" Uses {m.uses}." if m.uses else ''))
+            notes = [s for s, on in [("trains a stage before the main one", bool(m.pre_stages())), ("trains its teacher as a peer", m.trains_teacher),
+                                     ("trains with an optimiser of its own", type(m).optimizer is not Method.optimizer),
+                                     ("can train in a fused run", m.fusable)] if on]
+            lines.append(' '.join(f"It {s}." for s in notes) + '\n')
+            if hp: lines += ['| hyper-parameter | default |', '|---|---|', *[f"| `{k}` | `{v!r}` |" for k, v in hp.items()], '']
+        pages[f"methods-{fam}.md"] = (title, '\n'.join(lines))
+    return pages
+
 # %% ../nbs/21_docs.ipynb #99449cb2
 def mkdocs_config(nav:dict, site_dir:Path, name:str='kdnb', description:str='', repo_url:str|None=None, cache_dir:Path|None=None) -> dict:
     "The MkDocs Material configuration of the site: theme, search, offline use, notebook rendering."
@@ -241,6 +268,8 @@ def build_docs(out='_docs', execute:str='*', n_workers:int=2, force:bool=False, 
         (stage/'docs'/'benchmark.md').write_text(benchmark_page(root/'grids'/'cifar100.yaml', Path(results) if results else None))
         from kdnb._modidx import d as modidx
         (stage/'docs'/'api.md').write_text(api_page(modidx))
+        nav['Methods'] = []
+        for f, (title, md) in method_family_pages().items(): (stage/'docs'/f).write_text(md); nav['Methods'].append((title, f))
         conf = mkdocs_config(nav, out, cfg.get('title', 'kdnb'), cfg.get('description', ''), cfg.get('git_url'), root/'_proc'/'mkdocs-jupyter-cache')
         (stage/'mkdocs.yml').write_text(yaml.safe_dump(conf, sort_keys=False)); (stage/'hooks.py').write_text(HOOKS)
         print(f"rendering with MkDocs Material into {out}...", flush=True)

@@ -175,8 +175,9 @@ def distill_fused(student:str, teacher:str, methods:list[str], teacher_ckpt=None
     if len(hparams) != len(methods): raise KdnbError(f"{len(methods)} methods but {len(hparams)} hyper-parameter sets; give one per method")
     made = [make_method(m, teacher, student, teacher_logits, **hp) for m, hp in zip(methods, hparams)]
     for m, _ in made:
-        if m.trains_teacher:
-            raise KdnbError(f"{m.method_name} trains its teacher as a peer, which fused students cannot share; run it alone (kdnb distill --method {m.method_name})")
+        if not m.fusable:
+            why = 'trains its teacher as a peer' if m.trains_teacher else 'trains with an optimiser of its own'
+            raise KdnbError(f"{m.method_name} {why}, which fused students cannot share; run it alone (kdnb distill --method {m.method_name})")
     outs = [Path(o) for o in (outs or [Path(out)/lab for lab in member_labels([m.method_name for m, _ in made])])]
     if len(outs) != len(made) or len(set(outs)) != len(outs): raise KdnbError("fused students need one output folder each, all different")
     alone_args = dict(student=student, teacher=teacher, teacher_ckpt=teacher_ckpt, dataset=dataset, epochs=epochs, data_root=data_root,

@@ -292,7 +292,7 @@ def expand_grid(spec:dict, file='grid spec', teachers=None) -> Plan:
                             prev = add(Cell(f"{s['dataset']}/distill/{'_'.join(chain[:i + 1])}/{name}/s{sd}", 'distill', seed=sd, teacher=a, student=b,
                                             method=m, hparams=hp, teacher_logits=v, after=[] if meth.trains_teacher or prev is None else [prev],
                                             teacher_ckpt=tck if i == 1 and not meth.trains_teacher else None, **rec,
-                                            fuse=s['fuse'] and not meth.trains_teacher), where)
+                                            fuse=s['fuse'] and meth.fusable), where)
                         ids.append(prev)
                     row = m if len(variants) == 1 else f"{m} ({v})"
                     entries.append(Entry(ename, col, row, ids, ref(col, row)))

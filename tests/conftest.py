@@ -5,7 +5,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-KDNB = str(Path(sys.executable).parent/'kdnb')
+# the installed `kdnb` command; where kdnb is importable but not installed (the GPU check puts it on PYTHONPATH), the same
+# entry point through this Python
+KDNB = [str(Path(sys.executable).parent/'kdnb')] if (Path(sys.executable).parent/'kdnb').exists() else \
+       [sys.executable, '-c', 'import sys; from kdnb.cli import main; sys.exit(main())']
 
 def _checked(r, check:bool):
     if check and r.returncode: raise AssertionError(f"{' '.join(map(str, r.args))} failed:\n{r.stdout}\n{r.stderr}")
@@ -13,7 +16,7 @@ def _checked(r, check:bool):
 
 def run_kdnb(*args, cwd=None, check=False, timeout=600, env=None):
     "Run the installed `kdnb` command (with `env` added to the environment); returns the CompletedProcess."
-    r = subprocess.run([KDNB, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+    r = subprocess.run([*KDNB, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout,
                        env={**os.environ, 'PYTHONWARNINGS': 'ignore', **(env or {})})
     return _checked(r, check)
 

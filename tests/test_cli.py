@@ -126,3 +126,28 @@ def test_demo_shows_student_alone_and_with_kd(kdnb_cli, tmp_path):
     alone, kd = (json.loads((tmp_path/'demo'/d/'results.json').read_text())['config'] for d in ('student-alone', 'student-kd'))
     assert (alone['model'], alone['seed'], alone['epochs']) == (kd['student'], kd['seed'], kd['epochs']) == ('WRN-16-1', 0, 1)
     assert (tmp_path/'demo'/'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+def test_fused_distill_and_generic_hparams(kdnb_main, tmp_path):
+    "`--method A,B` trains one student per method in one fused run, each into --out/METHOD; `--hp NAME=VALUE` reaches any hyper-parameter."
+    common = ['--teacher', 'ResNet-8', '--student', 'ResNet-8', '--epochs', '1', '--max-items', '32', '--bs', '16', '--device', 'cpu', '--no-progress']
+    r = kdnb_main('distill', *common, '--method', 'KD,AT', '--T', '2', '--hp', 'beta=500', '--out', tmp_path/'f', check=True)
+    res = {m: json.loads((tmp_path/'f'/m/'results.json').read_text()) for m in ('KD', 'AT')}
+    assert res['KD']['config']['hparams']['T'] == 2 and res['AT']['config']['hparams'] == {'alpha': 0.9, 'T': 2, 'beta': 500, 'p': 2.0}
+    assert res['KD']['fused_with'] == ['AT'] and 'KD ' in r.stdout and 'AT ' in r.stdout
+    one_line_error(kdnb_main('distill', *common, '--method', 'KD,DML', '--out', tmp_path/'x'), 'DML trains its teacher as a peer', 'run it alone')
+    one_line_error(kdnb_main('distill', *common, '--method', 'KD,DIST', '--hint-epochs', '2', '--out', tmp_path/'x'), "takes the hyper-parameter 'hint_epochs'")
+    one_line_error(kdnb_main('distill', *common, '--method', 'DOT', '--hp', 'delta=0.5', '--out', tmp_path/'x'), "DOT's delta must be in [0, 0.1)")
+    one_line_error(kdnb_main('distill', *common, '--method', 'DOT', '--hp', 'gamma=1', '--out', tmp_path/'x'), "method DOT has no hyper-parameter 'gamma'")
+    one_line_error(kdnb_main('distill', *common, '--method', 'DOT', '--hp', 'delta', '--out', tmp_path/'x'), "'delta' is not NAME=VALUE")
+    assert not (tmp_path/'x').exists()  # refused before anything is written
+
+def test_public_api():
+    "The zoo and the methods at the package's top level, loaded on first use (`import kdnb` imports neither torch nor fastai)."
+    import subprocess, sys
+    r = subprocess.run([sys.executable, '-c', "import sys, kdnb; assert 'torch' not in sys.modules; print(kdnb.list_models('WRN-40*'))"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and 'WRN-40-4' in r.stdout, r.stderr
+    import kdnb
+    from kdnb.models import create_model, list_models
+    assert kdnb.create_model is create_model and kdnb.list_models() == list_models() and 'DOT' in kdnb.list_methods()
+    with pytest.raises(AttributeError): kdnb.no_such_thing

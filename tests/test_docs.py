@@ -76,7 +76,7 @@ def test_index(browser):
     assert 'kdnb' in browser.title
     assert 'make test' in art.text and 'make docs' in art.text
     nav = browser.find_element('css selector', 'nav.md-nav--primary').get_attribute('textContent')
-    for section in ('Tutorials', 'Library', 'Experiments at scale', 'Benchmark', 'API index'): assert section in nav
+    for section in ('Tutorials', 'Library', 'Experiments at scale', 'Methods', 'Logit distillation', 'Benchmark', 'API index'): assert section in nav
     browser.save_screenshot(str(browser.shots/'index.png'))
 
 def test_api_page_kd_loss(browser):

@@ -46,3 +46,7 @@ assert out.cells[0].outputs[0]['text'].strip() == '42'
     r = subprocess.run([py, '-c', code, tmp], env=env, capture_output=True, text=True, timeout=300, cwd=tmp)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp/'run'/'results.json').exists()
+    # the GPU-marked tests run `kdnb` commands where kdnb is importable but not installed as a command
+    r = subprocess.run([py, '-c', "from conftest import run_kdnb; print(run_kdnb('datasets', check=True).stdout)"],
+                       env={**env, 'PYTHONPATH': f"{carried}:{ROOT}:{ROOT/'tests'}"}, capture_output=True, text=True, timeout=300, cwd=tmp)
+    assert r.returncode == 0 and 'cifar10-subset' in r.stdout, r.stdout + r.stderr

@@ -106,7 +106,7 @@ def test_dry_run_pretrain_and_ablation_grids(tmp_path):
 
 def test_two_runners_share_a_grid(tiny_spec, tmp_path):
     out = tmp_path/'g'
-    ps = [subprocess.Popen([KDNB, 'grid', 'run', tiny_spec, '--out', out, '--workers', '1'], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    ps = [subprocess.Popen([*KDNB, 'grid', 'run', tiny_spec, '--out', out, '--workers', '1'], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in ps]
     assert [p.returncode for p in ps] == [0, 0], outs
     assert len(finished(out)) == 4

@@ -13,7 +13,7 @@ def run(args, kill_after:float|None=None, watch=None):
     """Run `kdnb args`; returns (seconds taken, seconds until `watch` appeared). With `kill_after`, SIGKILL it that many seconds
     after `watch` appears (at once if it exists; e.g. config.json: training has begun), if it has not finished by then."""
     t0, seen = time.time(), None
-    p = subprocess.Popen([KDNB, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    p = subprocess.Popen([*KDNB, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     while watch is not None and seen is None and p.poll() is None:
         if watch(): seen = time.time() - t0
         else: time.sleep(0.05)

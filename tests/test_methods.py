@@ -45,3 +45,18 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, method, 
     if method in saved: assert saved[method] in w0
     h0, h1 = [pd.read_csv(d/'history.csv').drop(columns='seconds') for d in (tmp_path/'straight', tmp_path/'killed')]
     pd.testing.assert_frame_equal(h0, h1)
+
+def test_plugin_declaring_only_features_never_gets_precomputed_logits(tmp_path):
+    "A method that sets only `needs_features` (as a plugin would) is refused pre-computed or cached logits, before training."
+    from kdnb.distill import Method, register_method, METHODS
+    from kdnb.core import KdnbError
+    @register_method('FeatOnlyProbe')
+    class FeatOnly(Method):
+        needs_features = True
+        def forward(self, s, t, y, ce): return {'ce': ce + 0 * (s.final.mean() - t.final.mean())}
+    try:
+        assert not create_method('FeatOnlyProbe').logits_only
+        with pytest.raises(KdnbError, match='FeatOnlyProbe cannot use pre-computed teacher logits'):
+            distill_model('ResNet-8', 'ResNet-8', 'FeatOnlyProbe', out=tmp_path/'x', teacher_logits='precomputed', epochs=1, max_items=32, bs=16, device='cpu')
+        assert not (tmp_path/'x').exists()
+    finally: METHODS._items.pop('featonlyprobe')

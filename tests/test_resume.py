@@ -37,7 +37,7 @@ def test_resume_gives_same_final_weights(tmp_path):
 def test_kill_the_cli_and_resume(tmp_path):
     "A real SIGKILL mid-run: the checkpoint stays loadable and --resume completes the run."
     out = tmp_path/'run'
-    args = [KDNB, 'train', '--model', 'ResNet-8', '--epochs', '3', '--out', str(out), '--no-progress']
+    args = [*KDNB, 'train', '--model', 'ResNet-8', '--epochs', '3', '--out', str(out), '--no-progress']
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (out/'last.pt').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.2)
