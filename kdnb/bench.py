@@ -21,7 +21,7 @@ from .fast import parse_speed, prepare_models, array_dataloaders, load_or_build_
 
 # %% auto #0
 __all__ = ['BF16_PEAK_TFLOPS', 'MAIN_METHODS', 'bf16_peak_tflops', 'forward_flops', 'ReferenceLoop', 'StepTimer', 'KdnbLoop',
-           'variants', 'parse_pair', 'run_bench', 'accuracy_check', 'run_fused_bench']
+           'variants', 'parse_pair', 'run_bench', 'accuracy_check', 'run_fused_bench', 'data_bench']
 
 # %% ../nbs/15_bench.ipynb #c1c330bf
 BF16_PEAK_TFLOPS = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., '4090': 165.}
@@ -234,3 +234,19 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
     r = np.sum([secs[m] for m in methods], axis=0) / fused
     print_(f"speed-up of fused over one after another: {np.median(r):.2f}x ({len(methods)} students, median of {rounds} rounds; range {r.min():.2f}-{r.max():.2f})")
     return secs
+
+# %% ../nbs/15_bench.ipynb #bdf2b3c2
+def data_bench(dataset:str, root=None, bs:int=256, workers:int=8, batches:int=20, print_=print) -> float:
+    "Time the training data pipeline of `dataset` alone (decoding and augmentation, in `workers` processes); returns img/s."
+    from kdnb.data import make_dataloaders
+    for k, v, lo in (('bs', bs, 1), ('workers', workers, 0), ('batches', batches, 1)): check_number(k, v, minimum=lo, integer=True)
+    dls = make_dataloaders(dataset, root, bs=bs, num_workers=workers, device='cpu')
+    it, n = iter(dls.train), 0
+    next(it)  # the workers start and fill their queues
+    t0 = time.perf_counter()
+    for _ in range(min(batches, len(dls.train) - 1)): n += len(next(it)[0])
+    if n == 0: raise KdnbError(f"{dataset} has too few training images for two batches of {bs}; lower --bs")
+    rate = n / (time.perf_counter() - t0)
+    print_(f"data pipeline {dataset} ({root}): {rate:.0f} img/s, {workers} worker processes, batch {bs}, {n} images "
+           f"(decoding and training augmentation; compare with the training loop's img/s to see which one limits)")
+    return rate

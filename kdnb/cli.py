@@ -52,7 +52,7 @@ HPARAM_FLAGS = {'alpha': real, 'beta': real, 'gamma': real, 'T': real, 'tau': re
 def _run_args(p:argparse.ArgumentParser):
     p.add_argument('--dataset', default='cifar10-subset', help='dataset name (kdnb datasets); default: the embedded offline subset')
     p.add_argument('--data-root', type=Path, help='folder holding the dataset files (CIFAR-10/100, image folders)')
-    p.add_argument('--download', action='store_true', help='let torchvision download CIFAR (needs network)')
+    p.add_argument('--download', action='store_true', help="let torchvision download CIFAR, and a teacher's published weights (needs network)")
     p.add_argument('--epochs', type=positive, help='epochs (default: the reference recipe; milestones scale with it)')
     p.add_argument('--out', type=Path, required=True, help='run directory (config, history.csv, last.pt, results.json)')
     p.add_argument('--resume', action='store_true', help='continue the run in --out from its last checkpoint')
@@ -63,7 +63,8 @@ def _run_args(p:argparse.ArgumentParser):
     p.add_argument('--device', help='cpu, cuda, cuda:1 ... (default: a GPU if there is one)')
     p.add_argument('--speed', default='auto', help="speed options: auto (fast on a GPU), off, fast, or a list such as fast,compile,teacher_cache")
     p.add_argument('--precision', default='fp32', choices=['fp32', 'bf16'], help="fp32 (as the reference trained) or bf16 autocast (faster on a GPU; changes results)")
-    p.add_argument('--benchmark', default='reference', choices=['reference', 'crd'], help="whose recipe: the reference's, or the CRD/DKD tables' (240 epochs, lr 0.05; 0.01 for MobileNetV2/ShuffleNet)")
+    p.add_argument('--benchmark', default='reference', choices=['reference', 'crd', 'imagenet'],
+                   help="whose recipe: the reference's, the CRD/DKD tables' (240 epochs, lr 0.05; 0.01 for MobileNetV2/ShuffleNet), or ImageNet's (100 epochs, batch 256, lr 0.1)")
     p.add_argument('--no-progress', action='store_true')
 
 def _common(a): return dict(dataset=a.dataset, data_root=a.data_root, download=a.download, epochs=a.epochs, out=a.out,
@@ -79,7 +80,9 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser('train', help='train a zoo model from scratch with the reference recipe')
     t.add_argument('--model', required=True); _run_args(t)
     d = sub.add_parser('distill', help='distil a teacher into a student')
-    d.add_argument('--teacher', required=True); d.add_argument('--teacher-ckpt', type=Path)
+    d.add_argument('--teacher', required=True, help='a zoo model (kdnb models), or a library\'s: torchvision:resnet34, timm:resnet50')
+    d.add_argument('--teacher-ckpt', type=Path, help="the teacher's weights: a kdnb run's last.pt, a state_dict, or a RepDistiller/mdistiller checkpoint")
+    d.add_argument('--teacher-weights', help="instead: the library's published weights of a torchvision:/timm: teacher (DEFAULT, IMAGENET1K_V1...), from PyTorch's hub cache")
     d.add_argument('--student', required=True)
     d.add_argument('--method', default='KD', help='the method; several, comma-separated (KD,DIST,AT), train one student each in one fused '
                    'run (one teacher pass per batch), each into --out/METHOD; a hyper-parameter flag goes to the methods that take it')
@@ -121,6 +124,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument('--images', type=positive, help='synthetic dataset size (default 50000 on a GPU, 2048 on a CPU)')
     b.add_argument('--check-accuracy', action='store_true', help='also train plain and fast paths 3 epochs on the embedded subset and compare loss curves')
     b.add_argument('--fused', action='store_true', help="instead: a benchmark row's students (--methods) one after another vs one fused run")
+    b.add_argument('--data', metavar='DATASET', help='instead: time the training data pipeline of DATASET alone (decoding and augmentation in --workers processes)')
+    b.add_argument('--data-root', type=Path, help='with --data: the folder holding its files')
     b.add_argument('--methods', help='with --fused: comma-separated methods (default: the main table but DML: KD,FitNet,AT,DIST,SRD,SRDwithDIST)')
     o = sub.add_parser('docs', help='build the docs site (executed notebooks, API pages, search) into _docs/')
     o.add_argument('--out', type=Path, default=Path('_docs'))
@@ -158,14 +163,16 @@ def _distill(a):
     from kdnb.distill import distill_model
     hp = {**{k: getattr(a, k) for k in HPARAM_FLAGS if getattr(a, k) is not None}, **dict(a.hp)}
     methods = [m.strip() for m in a.method.split(',') if m.strip()]
+    if a.teacher_weights and a.teacher_ckpt: raise KdnbError("--teacher-ckpt and --teacher-weights both give the teacher's weights; pass one")
+    ckpt = f'pretrained:{a.teacher_weights}' if a.teacher_weights else a.teacher_ckpt
     if len(methods) == 1:
-        return _report(distill_model(a.student, a.teacher, methods[0], a.teacher_ckpt, teacher_logits=a.teacher_logits, **_common(a), **hp), a.out)
+        return _report(distill_model(a.student, a.teacher, methods[0], ckpt, teacher_logits=a.teacher_logits, **_common(a), **hp), a.out)
     from kdnb.distill import create_method
     from kdnb.fused import distill_fused
     takes = [set(create_method(m).hparams(every=True)) for m in methods]
     unused = [k for k in hp if not any(k in t for t in takes)]
     if unused: raise KdnbError(f"none of {', '.join(methods)} takes the hyper-parameter {unused[0]!r}; leave it out")
-    results = distill_fused(a.student, a.teacher, methods, a.teacher_ckpt, teacher_logits=a.teacher_logits,
+    results = distill_fused(a.student, a.teacher, methods, ckpt, teacher_logits=a.teacher_logits,
                             hparams=[{k: v for k, v in hp.items() if k in t} for t in takes], **_common(a))
     for r in results: print(f"{r['config']['method']:12s}", end=' '); _report(r, Path(a.out)/r['config']['method'])
 
@@ -223,7 +230,8 @@ def _grid_exec(a):
     return max({'done': 0, 'locked': 75}.get(o['status'], 1) for o in outcomes)
 
 def _bench(a):
-    from kdnb.bench import run_bench, run_fused_bench, MAIN_METHODS
+    from kdnb.bench import run_bench, run_fused_bench, data_bench, MAIN_METHODS
+    if a.data: return data_bench(a.data, a.data_root, a.bs, a.workers, a.steps or 20) and None
     if a.methods and not a.fused: raise KdnbError("--methods goes with --fused")
     if a.fused:
         methods = tuple(m.strip() for m in a.methods.split(',') if m.strip()) if a.methods else MAIN_METHODS

@@ -22,8 +22,9 @@ from fastai.torch_core import default_device
 # %% auto #0
 __all__ = ['CIFAR10_STATS', 'CIFAR100_STATS', 'IMAGENET_STATS', 'CIFAR100_CLASSES', 'CIFAR10_CLASSES', 'SUBSET_PATH', 'DATASETS',
            'ImageArrayDataset', 'WithIndex', 'read_cifar', 'write_fake_cifar100', 'read_cifar10_subset',
-           'cifar_transforms', 'imagenet_transforms', 'read_image_folder', 'DatasetSpec', 'list_datasets',
-           'get_dataset', 'DatasetIndexCallback', 'make_dataloaders', 'indexed_dataloaders']
+           'cifar_transforms', 'imagenet_transforms', 'read_image_folder', 'reference_imagenet_transforms',
+           'ImageListDataset', 'read_image_lists', 'DatasetSpec', 'list_datasets', 'get_dataset',
+           'DatasetIndexCallback', 'make_dataloaders', 'check_classes', 'indexed_dataloaders']
 
 # %% ../nbs/01_data.ipynb #09b9a17e
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
@@ -142,6 +143,38 @@ def read_image_folder(root, train:bool=True, transform=None):
     if not split.is_dir(): raise KdnbError(f"{split} is not a folder; an image-folder dataset needs {root}/train/<class>/ and {root}/val/<class>/")
     return torchvision.datasets.ImageFolder(str(split), transform=transform)
 
+# %% ../nbs/01_data.ipynb #ec0635ec
+def reference_imagenet_transforms(train:bool, size:int=224, resize:int=256):
+    "The reference's ImageNet pipeline: resize 256, then a random (training, with a flip) or centre 224 crop."
+    first = [v2.Resize(resize, antialias=True), v2.RandomCrop(size), v2.RandomHorizontalFlip()] if train else \
+            [v2.Resize(resize, antialias=True), v2.CenterCrop(size)]
+    return v2.Compose([v2.ToImage(), *first, v2.ToDtype(torch.float32, scale=True), v2.Normalize(*IMAGENET_STATS)])
+
+class ImageListDataset(torch.utils.data.Dataset):
+    "The images a list file names (`relative/path label` per line, paths under `root`), with their labels."
+    def __init__(self, root, list_file, transform=None):
+        self.root, self.list_file, self.transform, self.items = Path(root), Path(list_file), transform, []
+        if not self.list_file.is_file():
+            raise KdnbError(f"{self.list_file} is missing; an image-lists dataset needs {self.root}/train.txt and {self.root}/val.txt, one 'path label' per line")
+        for i, line in enumerate(self.list_file.read_text().splitlines(), 1):
+            if not line.strip(): continue
+            path, _, label = line.strip().rpartition(' ')
+            if not path or not label.isdigit(): raise KdnbError(f"{self.list_file}, line {i}: {line!r} is not 'path label'")
+            self.items.append((path, int(label)))
+        missing = next((p for p, _ in self.items if not (self.root/p).is_file()), None)
+        if missing is not None: raise KdnbError(f"{self.list_file} names {self.root/missing}, which does not exist; fix the list or the image folder")
+        self.classes = [str(c) for c in range(max((l for _, l in self.items), default=-1) + 1)]
+    def __len__(self): return len(self.items)
+    def __getitem__(self, i):
+        from PIL import Image
+        path, label = self.items[i]
+        with Image.open(self.root/path) as im: img = im.convert('RGB')
+        return (self.transform(img) if self.transform else img), label
+
+def read_image_lists(root, train:bool=True, transform=None) -> ImageListDataset:
+    "The split of `root` that `root/train.txt` or `root/val.txt` lists."
+    return ImageListDataset(root, Path(root)/('train.txt' if train else 'val.txt'), transform)
+
 # %% ../nbs/01_data.ipynb #078985c0
 @dataclass
 class DatasetSpec:
@@ -151,6 +184,7 @@ class DatasetSpec:
     read: Callable  # (root, train, download) -> dataset of (uint8 image, label) or folder dataset
     transforms: Callable  # (train) -> transform
     needs_root: bool = True
+    image_size: int = 32  # the side of the (square) images the networks see
 
 DATASETS = Registry('dataset', group='kdnb.datasets')
 for _spec in [
@@ -160,7 +194,10 @@ for _spec in [
                 lambda train: cifar_transforms(CIFAR10_STATS, train)),
     DatasetSpec('CIFAR-100', 100, lambda root, train, download: read_cifar(root, 'cifar100', train, download),
                 lambda train: cifar_transforms(CIFAR100_STATS, train)),
-    DatasetSpec('image-folder', 0, lambda root, train, download: read_image_folder(root, train), imagenet_transforms),
+    DatasetSpec('image-folder', 0, lambda root, train, download: read_image_folder(root, train), imagenet_transforms, image_size=224),
+    DatasetSpec('image-lists', 0, lambda root, train, download: read_image_lists(root, train), reference_imagenet_transforms, image_size=224),
+    DatasetSpec('ImageNet', 1000, lambda root, train, download: read_image_folder(root, train), imagenet_transforms, image_size=224),
+    DatasetSpec('ImageNet-lists', 1000, lambda root, train, download: read_image_lists(root, train), reference_imagenet_transforms, image_size=224),
 ]: DATASETS.register(_spec.name, _spec)
 
 def list_datasets() -> list[str]: return DATASETS.names()
@@ -183,9 +220,23 @@ def make_dataloaders(name:str='cifar10-subset', root=None, bs:int=64, num_worker
     splits = []
     for train in (True, False):
         ds = spec.read(root, train, download)
-        ds.transform = spec.transforms(train)  # both ImageArrayDataset and ImageFolder apply `.transform`
-        splits.append(WithIndex(_head(ds, max_items)))
-    return indexed_dataloaders(*splits, spec.num_classes or len(splits[0].ds.classes), bs, num_workers, device, valid_bs, seed)
+        ds.transform = spec.transforms(train)  # ImageArrayDataset, ImageFolder and ImageListDataset all apply `.transform`
+        splits.append(ds)
+    check_classes(spec, *splits, root)
+    dls = indexed_dataloaders(*(WithIndex(_head(ds, max_items)) for ds in splits), spec.num_classes or len(splits[0].classes), bs, num_workers,
+                              device, valid_bs, seed)
+    dls.image_size = spec.image_size
+    return dls
+
+def check_classes(spec, train_ds, valid_ds, root):
+    "Refuse splits whose classes differ, or a count other than the dataset's (ImageNet: 1,000), naming where they come from."
+    where = lambda ds: getattr(ds, 'list_file', None) or getattr(ds, 'root', None) or root
+    n, m = len(train_ds.classes), len(valid_ds.classes)
+    if list(train_ds.classes) != list(valid_ds.classes):
+        raise KdnbError(f"{spec.name}: the training split ({where(train_ds)}) has {n} classes but the validation split ({where(valid_ds)}) {m}; give both the same classes")
+    if spec.num_classes and n != spec.num_classes:
+        raise KdnbError(f"{spec.name} has {spec.num_classes} classes, but {where(train_ds)} holds {n}; for another class count use the dataset "
+                        f"{'image-lists' if 'lists' in spec.name else 'image-folder'}")
 
 def _head(ds, n:int|None):
     "The first `n` items of `ds` (smoke runs), keeping its classes."

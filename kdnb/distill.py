@@ -748,15 +748,16 @@ class PeerAccuracy(Metric):
     def name(self): return 'peer_top1'
 
 # %% ../nbs/10_distill.ipynb #7c206606
-def load_teacher(name:str, ckpt=None, num_classes:int=100) -> nn.Module:
+def load_teacher(name:str, ckpt=None, num_classes:int=100, download:bool=False) -> nn.Module:
     "Zoo model `name` (or its RepDistiller/mdistiller alias), with the weights in `ckpt` if given: a kdnb run's last.pt (a distilled run's student), a state_dict, or a RepDistiller/mdistiller checkpoint."
-    return create_model(name, num_classes, checkpoint_path=ckpt)  # one loader for every format, and one error naming both networks
+    return create_model(name, num_classes, checkpoint_path=ckpt, download=download)  # one loader for every format, and one error naming both networks
 
 def distill_learner(dls, student:nn.Module, teacher:nn.Module, method:Method, recipe:Recipe, out,
                     teacher_logits=None, speed:Speed|None=None, cache=None):
     "A `Learner` that distils `teacher` into `student` with `method` (a DML peer trains with the student's recipe); returns (learn, lr)."
     method.attach_data(dls.train.dataset)  # before the model is built: a method's state may have one slot per training image (CRD)
-    model = DistillationModel(student, teacher, method)
+    size = getattr(dls, 'image_size', 32)
+    model = DistillationModel(student, teacher, method, input_size=(3, size, size))  # connectors sized on the data's images
     metrics = None
     if method.trains_teacher:
         from kdnb.train import top1, top5
@@ -799,7 +800,8 @@ def make_method(method:str, teacher:str, student:str, teacher_logits:str='online
 def distill_speed(speed, device, precision:str, methods:list, teacher_logits:str, teacher_ckpt) -> Speed:
     "The run's `Speed`, without the teacher cache where it cannot serve every method."
     sp = parse_speed(speed, device, precision)
-    if sp.teacher_cache and (any(not m.logits_only or m.trains_teacher for m in methods) or teacher_logits != 'online' or teacher_ckpt is None):
+    if sp.teacher_cache and (any(not m.logits_only or m.trains_teacher for m in methods) or teacher_logits != 'online' or teacher_ckpt is None
+                             or not Path(teacher_ckpt).is_file()):  # the cache is keyed by the checkpoint file's bytes
         names = ', '.join(m.method_name for m in methods)
         print(f"note: teacher_cache is off: it serves logit-only methods with an online, checkpointed teacher, not {names}")
         sp = replace(sp, teacher_cache=False)
@@ -831,7 +833,7 @@ def distill_model(student:str, teacher:str, method:str='KD', teacher_ckpt=None, 
     sp = distill_speed(speed, device, precision, [m], teacher_logits, teacher_ckpt)
     dls = make_run_dataloaders(dataset, data_root, recipe.bs, num_workers, device, download, seed, max_items, sp)
     set_seed(seed)  # a teacher without a checkpoint is the same untrained network every time
-    t_net = load_teacher(teacher, teacher_ckpt, dls.num_classes) if not m.trains_teacher else None
+    t_net = load_teacher(teacher, teacher_ckpt, dls.num_classes, download) if not m.trains_teacher else None
     set_seed(seed)
     s_net = create_model(student, dls.num_classes)
     if m.trains_teacher: t_net = create_model(teacher, dls.num_classes)  # DML: a fresh peer, trained from scratch

@@ -134,6 +134,7 @@ def array_dataloaders(train_ds:ImageArrayDataset, valid_ds:ImageArrayDataset, st
     if seed is not None: train_dl.rng.seed(seed)
     dls = DataLoaders(train_dl, valid_dl, device=device)
     dls.n_inp, dls.num_classes, dls.classes = 1, num_classes or len(train_ds.classes), list(train_ds.classes)
+    dls.image_size = train_ds.images.shape[1]
     return dls
 
 def device_dataloaders(name:str='cifar10-subset', root=None, bs:int=64, device=None, download:bool=False, valid_bs:int|None=None,

@@ -188,7 +188,7 @@ def distill_fused(student:str, teacher:str, methods:list[str], teacher_ckpt=None
     dls = make_run_dataloaders(dataset, data_root, recipe.bs, num_workers, device, download, seed, max_items, sp)
     check_batches(dls)
     set_seed(seed)
-    t_net = load_teacher(teacher, teacher_ckpt, dls.num_classes)
+    t_net = load_teacher(teacher, teacher_ckpt, dls.num_classes, download)
     if teacher_ckpt is None: print(f"warning: no --teacher-ckpt, distilling from an untrained {teacher}")
     members, configs = [], []
     for m, hp in made:
@@ -196,7 +196,8 @@ def distill_fused(student:str, teacher:str, methods:list[str], teacher_ckpt=None
         s_net = create_model(student, dls.num_classes)
         configs.append(distill_config(m, hp, s_net, t_net, teacher_ckpt, teacher_logits, dataset, dls, seed, max_items, sp, recipe))
         m.attach_data(dls.train.dataset)
-        members.append(DistillationModel(s_net, t_net, m))
+        size = getattr(dls, 'image_size', 32)
+        members.append(DistillationModel(s_net, t_net, m, input_size=(3, size, size)))
     alone = []
     with ExitStack() as locks:
         for o in outs:

@@ -85,6 +85,7 @@ class Cell:
 
     def _teacher_source(self) -> str:
         if self.kind != 'distill': return ''
+        if self.teacher_ckpt and self.teacher_ckpt.startswith('pretrained:'): return f"; teacher: published weights {self.teacher_ckpt.removeprefix('pretrained:')}"
         if self.teacher_ckpt: return f"; teacher: checkpoint {self.teacher_ckpt}" + ('' if Path(self.teacher_ckpt).is_file() else ' (not found)')
         return f"; teacher: cell {self.after[0]}" if self.after else '; teacher: a peer trained alongside'
 
@@ -152,11 +153,11 @@ def _check_settings(file, where, d:dict) -> dict:
     return out
 
 def _model(file, where, fld, name):
-    from kdnb.models.core import MODELS, _load_zoo
-    _load_zoo()
-    if not isinstance(name, str) or name not in MODELS:
-        _fail(file, where, fld, f"unknown model {name!r}; `kdnb models` lists them: {', '.join(MODELS.names())}")
-    return MODELS.canonical(name)
+    from kdnb.models.core import MODELS, is_model_name
+    if not isinstance(name, str) or not is_model_name(name):
+        _fail(file, where, fld, f"unknown model {name!r}; `kdnb models` lists the zoo's, and torchvision:ARCH / timm:ARCH name a library's"
+                                " (timm: pip install 'kdnb[timm]')")
+    return MODELS.canonical(name) if name in MODELS else name
 
 def _pair(file, where, p) -> tuple[str, ...]:
     "'TEACHER -> STUDENT', or a chain 'A -> B -> C' (B learns from A, then teaches C), as canonical model names."
@@ -204,9 +205,10 @@ def _teacher_files(file, mapping, teachers_dir):
     "A function: teacher model -> its checkpoint file (from the spec's `teachers:` or `teachers_dir`), or None to train it."
     given = {}
     for k, v in _mapping(file, 'top level', 'teachers', mapping).items():
-        if not isinstance(v, str): _fail(file, 'top level', 'teachers', f"{k}: {v!r} is not a checkpoint file path")
+        if not isinstance(v, str): _fail(file, 'top level', 'teachers', f"{k}: {v!r} is not a checkpoint file path (or pretrained:WEIGHTS)")
         p = Path(v).expanduser()
-        given[_model(file, 'top level', 'teachers', k)] = str(Path(teachers_dir)/p if teachers_dir and not p.is_absolute() else p)
+        given[_model(file, 'top level', 'teachers', k)] = v if v.startswith('pretrained:') else \
+            str(Path(teachers_dir)/p if teachers_dir and not p.is_absolute() else p)
     return lambda m: given.get(m) or (str(teacher_checkpoint_path(m, teachers_dir)) if teachers_dir else None)
 
 # %% ../nbs/12_grid.ipynb #0d99c479
@@ -400,7 +402,8 @@ def cell_parameters(cell:Cell, out, device=None, data_root=None) -> dict:
     # paths inside the grid are relative to the cell's folder (the notebook runs there), so a copied or moved grid, or one a
     # second machine mounts elsewhere, resumes its cells: each run's config.json records the same teacher path
     if cell.after: p['teacher_ckpt'] = os.path.relpath(cell_dir(out, cell.after[0])/'last.pt', cell_dir(out, cell.id))
-    if cell.teacher_ckpt: p['teacher_ckpt'] = str(Path(cell.teacher_ckpt).expanduser().resolve())  # a downloaded teacher, outside the grid
+    if cell.teacher_ckpt and cell.teacher_ckpt.startswith('pretrained:'): p['teacher_ckpt'] = cell.teacher_ckpt  # a library's published weights
+    elif cell.teacher_ckpt: p['teacher_ckpt'] = str(Path(cell.teacher_ckpt).expanduser().resolve())  # a downloaded teacher, outside the grid
     return p
 
 def log_event(out, cell_id:str, event:str, **info):
@@ -605,8 +608,13 @@ def describe_plan(plan:Plan, out=None) -> str:
 
 # %% ../nbs/12_grid.ipynb #a9989e96
 def check_teachers(plan:Plan):
-    "Raise one clear error, before any cell runs, if a downloaded teacher's checkpoint file is missing."
-    missing = sorted({c.teacher_ckpt for c in plan.cells if c.teacher_ckpt and not Path(c.teacher_ckpt).expanduser().is_file()})
+    "Raise one clear error, before any cell runs, if a downloaded teacher's checkpoint file (or a library's published weights) is missing."
+    from kdnb.models.core import create_model
+    from kdnb.data import get_dataset
+    for teacher, ckpt, ds in sorted({(c.teacher, c.teacher_ckpt, c.dataset) for c in plan.cells if (c.teacher_ckpt or '').startswith('pretrained:')}):
+        create_model(teacher, get_dataset(ds).num_classes or 1000, checkpoint_path=ckpt)  # from the hub cache, or one error naming the file
+    missing = sorted({c.teacher_ckpt for c in plan.cells if c.teacher_ckpt and not c.teacher_ckpt.startswith('pretrained:')
+                      and not Path(c.teacher_ckpt).expanduser().is_file()})
     if missing:
         raise KdnbError(f"{plan.file}: {len(missing)} teacher checkpoint{'s' * (len(missing) > 1)} not found: {', '.join(missing)}; "
                         "download the published teachers (mdistiller's cifar_teachers.tar, RepDistiller's fetch_pretrained_teachers.sh) "

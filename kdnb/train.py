@@ -61,6 +61,9 @@ RECIPES = {
                   ('resnet-*', Recipe(epochs=350, lr=0.1, milestones=(150, 250, 320), bs=128)), ('*', Recipe())],
     # the CRD/DKD tables (RepDistiller, mdistiller): 240 epochs, batch 64, lr 0.05 for every network, 0.01 for MobileNetV2/ShuffleNet
     'crd': [('mobilenetv2*', Recipe(lr=0.01)), ('shufflenet*', Recipe(lr=0.01)), ('*', Recipe())],
+    # ImageNet (torchvision's reference recipe; mdistiller's and the DKD/DIST papers' ImageNet tables): 100 epochs, batch 256,
+    # lr 0.1 x0.1 at 30/60/90, weight decay 1e-4
+    'imagenet': [('*', Recipe(epochs=100, lr=0.1, milestones=(30, 60, 90), bs=256, wd=1e-4))],
 }
 
 def reference_recipe(model_name:str, benchmark:str='reference') -> Recipe:

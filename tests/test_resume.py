@@ -90,3 +90,21 @@ def test_two_stage_fitnet_resumes_exactly(tmp_path, monkeypatch, k, before_save)
     assert w0.keys() == w1.keys() and all(torch.equal(w0[n], w1[n]) for n in w0), [n for n in w0 if not torch.equal(w0[n], w1[n])][:5]
     pd.testing.assert_frame_equal(hint0, hint1); pd.testing.assert_frame_equal(h0, h1)
     assert 'hint' in hint0.columns and 'hint' not in h0.columns and len(h0) == 2
+
+def test_fused_run_resumes_exactly(tmp_path, monkeypatch):
+    "Fused students killed after an epoch resume from their own checkpoints (the optimiser's slices put back together) and end as an uninterrupted fused run."
+    from kdnb.fused import distill_fused, FusedCheckpointer
+    common = dict(student='ResNet-8', teacher='WRN-16-1', methods=['KD', 'AT', 'DIST'], epochs=3, max_items=64, bs=16, speed='off', device='cpu', progress=False)
+    distill_fused(out=tmp_path/'whole', **common)
+    real = FusedCheckpointer.after_epoch
+    def killed(self): real(self); raise KeyboardInterrupt
+    monkeypatch.setattr(FusedCheckpointer, 'after_epoch', killed)
+    with pytest.raises(KeyboardInterrupt): distill_fused(out=tmp_path/'cut', **common)
+    monkeypatch.setattr(FusedCheckpointer, 'after_epoch', real)
+    assert all(torch.load(tmp_path/'cut'/m/'last.pt', weights_only=False)['epoch'] == 1 for m in common['methods'])
+    distill_fused(out=tmp_path/'cut', resume=True, **common)
+    for m in common['methods']:
+        a, b = (torch.load(tmp_path/run/m/'last.pt', weights_only=False) for run in ('whole', 'cut'))
+        assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model']), m
+        strip = lambda h: [{k: v for k, v in r.items() if k != 'seconds'} for r in h]
+        assert strip(a['history']) == strip(b['history']) and len(a['history']) == 3, m

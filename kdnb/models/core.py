@@ -14,10 +14,11 @@ import torch, torch.nn as nn
 from fastai.callback.hook import Hook
 
 # %% auto #0
-__all__ = ['TORCHVISION_RESNET_SPEC', 'MODELS', 'PEER_NAMES', 'PEER_PREFIX', 'FeatureSpec', 'Features', 'FeatureHooks',
-           'get_module', 'extract_features', 'classify_feature_map', 'feature_spec', 'register_model', 'list_models',
-           'model_name', 'create_model', 'count_parameters', 'conv_bn', 'global_pool', 'init_weights', 'peer_name',
-           'read_checkpoint', 'rename_keys', 'match_state', 'identify_state', 'load_checkpoint_weights']
+__all__ = ['TORCHVISION_RESNET_SPEC', 'MODELS', 'MODEL_SOURCES', 'PEER_NAMES', 'PEER_PREFIX', 'FeatureSpec', 'Features',
+           'FeatureHooks', 'get_module', 'extract_features', 'classify_feature_map', 'feature_spec', 'register_model',
+           'list_models', 'model_name', 'create_model', 'is_model_name', 'count_parameters', 'conv_bn', 'global_pool',
+           'init_weights', 'peer_name', 'read_checkpoint', 'rename_keys', 'match_state', 'identify_state',
+           'load_checkpoint_weights']
 
 # %% ../../nbs/02_models.core.ipynb #14c068ec
 @dataclass
@@ -96,7 +97,9 @@ def feature_spec(model:nn.Module) -> FeatureSpec:
 
 # %% ../../nbs/02_models.core.ipynb #1d597920
 MODELS = Registry('model', group='kdnb.models')
-_FAMILIES = ['wrn', 'resnet', 'mobilenetv2', 'ghostnet', 'vgg', 'shufflenetv1', 'shufflenetv2']
+# libraries whose models are named 'SOURCE:ARCH' (kdnb.models.hub): SOURCE -> (arch, num_classes, weights, download) -> model
+MODEL_SOURCES = Registry('model source')
+_FAMILIES = ['wrn', 'resnet', 'mobilenetv1', 'mobilenetv2', 'ghostnet', 'vgg', 'shufflenetv1', 'shufflenetv2', 'hub']
 
 def _load_zoo():
     "Import every model family so its models are registered."
@@ -116,13 +119,29 @@ def model_name(name:str) -> str:
     _load_zoo()
     return MODELS.canonical(name)
 
-def create_model(name:str, num_classes:int=100, checkpoint_path=None, **kwargs) -> nn.Module:
-    "A zoo model, freshly initialised or with the weights in `checkpoint_path`; `model.name` records its canonical name."
+def create_model(name:str, num_classes:int=100, checkpoint_path=None, download:bool=False, **kwargs) -> nn.Module:
+    "A zoo model (or `SOURCE:ARCH`, e.g. `torchvision:resnet34`), fresh or with the weights in `checkpoint_path` ('pretrained:NAME': a library's published weights)."
     _load_zoo()
-    model = MODELS[name](num_classes=num_classes, **kwargs)
-    model.name, model.num_classes = MODELS.canonical(name), num_classes
-    if checkpoint_path is not None: load_checkpoint_weights(model, checkpoint_path)
+    source, colon, arch = str(name).partition(':')
+    weights = str(checkpoint_path).removeprefix('pretrained:') if str(checkpoint_path or '').startswith('pretrained:') else None
+    if colon and source in MODEL_SOURCES:
+        model = MODEL_SOURCES[source](arch, num_classes=num_classes, weights=weights, download=download, **kwargs)
+        model.name = f'{MODEL_SOURCES.canonical(source)}:{arch}'
+    else:
+        if weights is not None:
+            raise KdnbError(f"{name} is a kdnb zoo network, which publishes no pretrained weights; pass a checkpoint file, or name a library's model (torchvision:ARCH, timm:ARCH)")
+        model = MODELS[name](num_classes=num_classes, **kwargs)
+        model.name = MODELS.canonical(name)
+    model.num_classes = num_classes
+    if checkpoint_path is not None and weights is None: load_checkpoint_weights(model, checkpoint_path)
     return model
+
+def is_model_name(name) -> bool:
+    "Whether `name` names a zoo model (or an alias) or a library's model (`SOURCE:ARCH`, the architecture checked by its library)."
+    _load_zoo()
+    source, colon, arch = str(name).partition(':')
+    if colon and source in MODEL_SOURCES: return getattr(MODEL_SOURCES[source], 'exists', lambda a: True)(arch)
+    return name in MODELS
 
 def count_parameters(model:nn.Module) -> int: return sum(p.numel() for p in model.parameters())
 
