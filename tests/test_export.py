@@ -35,3 +35,18 @@ def test_readme_is_the_index_notebook():
     import json
     cells = [''.join(c['source']) for c in json.loads((ROOT/'nbs'/'index.ipynb').read_text())['cells']]
     assert '\n\n'.join(cells).strip() == (ROOT/'README.md').read_text().strip(), "edit README.md and nbs/index.ipynb together"
+
+def test_notebooks_import_only_earlier_notebooks():
+    "Reading order is import order: no notebook imports a module that a later notebook defines."
+    import ast, json, re
+    nbs = sorted((ROOT/'nbs').glob('[0-9]*.ipynb'))
+    cells = {nb: [''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code'] for nb in nbs}
+    defines = {m: nb for nb, cs in cells.items() for c in cs for m in re.findall(r'^#\| default_exp (\S+)', c, re.M)}
+    def imported(cell):  # import statements only (a module named in a string is not an import)
+        try: tree = ast.parse(cell)
+        except SyntaxError: return []
+        return [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module] + \
+               [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    late = [f"{nb.name} imports {m} ({defines[m.removeprefix('kdnb.')].name})" for nb, cs in cells.items() for c in cs for m in imported(c)
+            if m.startswith('kdnb.') and m.removeprefix('kdnb.') in defines and defines[m.removeprefix('kdnb.')].name > nb.name]
+    assert not late, late
