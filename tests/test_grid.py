@@ -171,13 +171,13 @@ def test_non_finite_cell_is_failed_never_a_number(tmp_path):
 
 def test_one_local_worker_per_gpu(tmp_path, monkeypatch):
     "With N GPUs the local backend runs N cells at once, each child process seeing one GPU (a made-up GPU count on a CPU)."
-    import kdnb.grid as grid
-    monkeypatch.setattr(grid, '_gpu_count', lambda: 3)
+    import kdnb.grid as grid, kdnb.grid.runner as runner
+    monkeypatch.setattr(runner, '_gpu_count', lambda: 3)
     envs = []
     class Child:
         returncode = 0
         def poll(self): return 0
-    monkeypatch.setattr(grid.subprocess, 'Popen', lambda args, env, **kw: (envs.append(env), Child())[1])
+    monkeypatch.setattr(runner.subprocess, 'Popen', lambda args, env, **kw: (envs.append(env), Child())[1])
     b = grid.LocalBackend(tmp_path)
     assert (b.workers, b.device, b.free()) == (3, 'cuda', 3)
     cells = grid.load_plan(SMOKE).cells
