@@ -36,7 +36,19 @@ class DOT(Optimizer):
         "Update with the stashed task gradients and the distillation gradients now in `.grad`."
         for g in self.param_groups:
             m, delta, wd = g['momentum'], g['delta'], g['weight_decay']
+            # parameters with both gradients and both buffers (all of them after the first step, in plain KD) are updated with
+            # a few multi-tensor kernels; a loop over them would launch several kernels per parameter, the cost of a GPU step
+            both = [p for p in g['params'] if p.grad is not None and {'task_grad', 'task_buffer', 'kd_buffer'} <= self.state[p].keys()]
+            if both:
+                sts = [self.state[p] for p in both]
+                gts, bts, bks = [st.pop('task_grad') for st in sts], [st['task_buffer'] for st in sts], [st['kd_buffer'] for st in sts]
+                torch._foreach_add_(gts, both, alpha=wd)
+                torch._foreach_mul_(bts, m - delta); torch._foreach_add_(bts, gts)
+                torch._foreach_mul_(bks, m + delta); torch._foreach_add_(bks, [p.grad for p in both])
+                torch._foreach_add_(both, bts, alpha=-g['lr']); torch._foreach_add_(both, bks, alpha=-g['lr'])
+            done = set(map(id, both))
             for p in g['params']:
+                if id(p) in done: continue
                 st = self.state[p]
                 gt, gk = st.pop('task_grad', None), p.grad
                 if gt is None and gk is None: continue
