@@ -21,7 +21,7 @@ from .fast import parse_speed, prepare_models, array_dataloaders, load_or_build_
 
 # %% auto #0
 __all__ = ['BF16_PEAK_TFLOPS', 'MAIN_METHODS', 'bf16_peak_tflops', 'forward_flops', 'ReferenceLoop', 'StepTimer', 'KdnbLoop',
-           'variants', 'parse_pair', 'run_bench', 'accuracy_check', 'run_fused_bench', 'data_bench']
+           'variants', 'parse_pair', 'synthetic_cifar', 'run_bench', 'accuracy_check', 'run_fused_bench', 'data_bench']
 
 # %% ../nbs/15_bench.ipynb #c1c330bf
 BF16_PEAK_TFLOPS = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., '4090': 165.}
@@ -137,6 +137,11 @@ def parse_pair(pair:str) -> tuple[str, str]:
     _load_zoo()
     return tuple(MODELS.canonical(p.strip()) for p in parts)
 
+def synthetic_cifar(images:int) -> ImageArrayDataset:
+    "`images` random CIFAR-100-shaped images and labels (the same every time): what the benchmarks time on."
+    rng = np.random.default_rng(0)
+    return ImageArrayDataset(rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, images), [str(i) for i in range(100)])
+
 def run_bench(device=None, pair:str|None=None, steps:int|None=None, warmup:int=5, bs:int=64, workers:int=4, images:int|None=None,
               only:list|None=None, check_accuracy:bool=False, rounds:int|None=None, cache_images:int|None=None, print_=print) -> dict:
     "Time the reference loop and kdnb's variants in interleaved rounds; print the medians; return {label: [img/s per round]}."
@@ -149,8 +154,7 @@ def run_bench(device=None, pair:str|None=None, steps:int|None=None, warmup:int=5
     rounds = (5 if cuda else 3) if rounds is None else check_number('rounds', rounds, minimum=1, integer=True)
     cache_images = (10000 if cuda else 256) if cache_images is None else check_number('cache_images', cache_images, minimum=1, integer=True)
     for k, v, lo in (('warmup', warmup, 0), ('bs', bs, 1), ('workers', workers, 0)): check_number(k, v, minimum=lo, integer=True)
-    rng = np.random.default_rng(0)
-    ds = ImageArrayDataset(rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, images), [str(i) for i in range(100)])
+    ds = synthetic_cifar(images)
     tf, sf = forward_flops(create_model(t_name)), forward_flops(create_model(s_name))
     work, peak = tf + 3 * sf, bf16_peak_tflops(device)
     print_(f"kdnb bench: {t_name} -> {s_name} KD, batch {bs}, {device}" + (f" ({torch.cuda.get_device_name(device)})" if cuda else f" ({torch.get_num_threads()} threads)") +
@@ -216,8 +220,7 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
     steps = (100 if cuda else 10) if steps is None else check_number('steps', steps, minimum=1, integer=True)
     images = (10000 if cuda else 1024) if images is None else check_number('images', images, minimum=1, integer=True)
     rounds = 3 if rounds is None else check_number('rounds', rounds, minimum=1, integer=True)
-    rng = np.random.default_rng(0)
-    ds = ImageArrayDataset(rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, images), [str(i) for i in range(100)])
+    ds = synthetic_cifar(images)
     print_(f"kdnb bench --fused: {t_name} -> {s_name}, {len(methods)} students ({', '.join(methods)}), batch {bs}, {device}, speed {speed}: "
            f"each alone, then all in one fused run; {rounds} interleaved rounds of {steps} timed steps")
     loops = {m: KdnbLoop(t_name, s_name, ds, speed, 'fp32', bs, device, 0, methods=(m,)) for m in methods}

@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #4eff8470
 from __future__ import annotations
-import json, os, tempfile, io, warnings
+import json, os, tempfile, warnings
 from contextlib import contextmanager
 from pathlib import Path
 # fastai still wraps a few helpers in torch.jit.script, which torch now deprecates; the warning is not for our users

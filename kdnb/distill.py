@@ -14,14 +14,12 @@ from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.learner import Learner, ValueMetric, Metric
-from fastai.metrics import accuracy
 from fastai.torch_core import set_seed, default_device
 from .losses import kd_loss, dist_terms, at_loss, dml_loss, hint_loss, SRD_LOGIT_LOSSES
 from .losses import dkd_terms, rkd_loss, pkt_loss, sp_loss, cc_loss, nst_loss, vid_loss, kdsvd_loss, crd_nce_loss, fsp_loss, ab_loss, ft_loss, ofd_margin, ofd_loss, hcl_loss, pool_to_smaller
 from .connectors import Connector, ConvRegressor
 from .models.core import Features, FeatureHooks, feature_spec, classify_feature_map, create_model
-from .train import Recipe, reference_recipe, make_learner, fit_run, load_checkpoint, load_weights, make_run_dataloaders, run_epoch
-from .data import make_dataloaders
+from .train import Recipe, reference_recipe, make_learner, fit_run, load_checkpoint, make_run_dataloaders, run_epoch
 from .fast import Speed, parse_speed, prepare_models, load_or_build_cache
 from .optim import DOT as DOTOptimizer
 from functools import partial
@@ -32,9 +30,9 @@ __all__ = ['METHODS', 'METHOD_FAMILIES', 'HPARAM_BOUNDS', 'PAIR_HPARAMS', 'regis
            'create_method', 'check_hparams', 'CE', 'KD', 'FitNet', 'AT', 'DML', 'DIST', 'SRD', 'SRDwithDIST',
            'SRDwithKL', 'SRDwithPMSE', 'DKD', 'DOTKD', 'stage_pairs', 'FeatureKD', 'SP', 'CC', 'VID', 'RKD', 'PKT',
            'NST', 'KDSVD', 'dataset_labels', 'CRD', 'FSP', 'AB', 'Paraphraser', 'FT', 'bn_before', 'OFD', 'ABF',
-           'ReviewKD', 'default_hparams', 'DistillationModel', 'set_context', 'Distiller', 'PeerAccuracy',
-           'load_teacher', 'distill_learner', 'precompute_teacher_logits', 'make_method', 'distill_speed',
-           'distill_config', 'frozen_teacher_sources', 'distill_model', 'run_pre_stages']
+           'ReviewKD', 'default_hparams', 'logits_features', 'DistillationModel', 'set_context', 'Distiller',
+           'PeerAccuracy', 'load_teacher', 'distill_learner', 'precompute_teacher_logits', 'make_method',
+           'distill_speed', 'distill_config', 'frozen_teacher_sources', 'distill_model', 'run_pre_stages']
 
 # %% ../nbs/10_distill.ipynb #1b6a0682
 METHODS = Registry('method', group='kdnb.methods')
@@ -96,9 +94,11 @@ class Method(nn.Module):
         "Whether the teacher's logits are all it needs (so they may be pre-computed or cached): a method that needs features says so once."
         return not self.needs_features
     @property
+    def own_optimizer(self) -> bool: "Whether it brings an optimiser of its own (overrides `optimizer`)."; return type(self).optimizer is not Method.optimizer
+    @property
     def fusable(self) -> bool:
         "Whether its student can train in a fused run (`kdnb.fused`): not with a peer of its own, nor an optimiser of its own."
-        return not self.trains_teacher and type(self).optimizer is Method.optimizer
+        return not self.trains_teacher and not self.own_optimizer
     def hparams(self, every:bool=False) -> dict:
         "Hyper-parameter -> value; those in `optional` only when set away from their default, unless `every`."
         default = _init_defaults(type(self))
@@ -641,7 +641,9 @@ def _zoo_name(name:str) -> str:
     except KdnbError: return name
 
 # %% ../nbs/10_distill.ipynb #61c1950c
-def _logits_only(logits): return Features(None, [], None, None, logits)
+def logits_features(logits) -> Features:
+    "The `Features` of a network whose logits are all that is read (no hooks)."
+    return Features(None, [], None, None, logits)
 
 class DistillationModel(nn.Module):
     "Student + method (connectors) [+ DML peer]; forward returns the student's logits."
@@ -705,8 +707,8 @@ class Distiller(Callback):
     def after_pred(self):
         if not self.training: return
         t_logits = self.learn.model.peer_logits if self.method.trains_teacher else self.frozen_teacher_logits(self.method.needs_features)
-        self.t_feats = self.t_hooks.features(t_logits) if self.t_hooks else _logits_only(t_logits)
-        self.s_feats = self.s_hooks.features(self.pred) if self.s_hooks else _logits_only(self.pred)
+        self.t_feats = self.t_hooks.features(t_logits) if self.t_hooks else logits_features(t_logits)
+        self.s_feats = self.s_hooks.features(self.pred) if self.s_hooks else logits_features(self.pred)
     def frozen_teacher_logits(self, features:bool) -> torch.Tensor:
         "This training batch's logits of the frozen teacher: pre-computed, cached, or its forward pass (with its hooks recording if `features`)."
         if self.teacher_logits is not None: return self.teacher_logits[self.learn.batch_index]

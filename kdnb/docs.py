@@ -177,7 +177,7 @@ def api_page(modidx:dict) -> str:
 # %% ../nbs/19_docs.ipynb #fc51d2ad
 def method_family_pages() -> dict[str, tuple[str, str]]:
     "Markdown pages of the registered methods, one per family: {file name: (title, page)}."
-    from kdnb.distill import Method, METHODS, METHOD_FAMILIES, create_method
+    from kdnb.distill import METHODS, METHOD_FAMILIES, create_method
     by_family = {}
     for name in METHODS.names(): by_family.setdefault(create_method(name).family, []).append(name)
     pages = {}
@@ -193,7 +193,7 @@ def method_family_pages() -> dict[str, tuple[str, str]]:
             if m.paper: lines.append(f"*{m.paper}*\n")
             lines.append(f"Loss terms: {', '.join(f'`{t}`' for t in m.terms)}." + (f" Uses {m.uses}." if m.uses else ''))
             notes = [s for s, on in [("trains a stage before the main one", bool(m.pre_stages())), ("trains its teacher as a peer", m.trains_teacher),
-                                     ("trains with an optimiser of its own", type(m).optimizer is not Method.optimizer),
+                                     ("trains with an optimiser of its own", m.own_optimizer),
                                      ("can train in a fused run", m.fusable)] if on]
             lines.append(' '.join(f"It {s}." for s in notes) + '\n')
             if hp: lines += ['| hyper-parameter | default |', '|---|---|', *[f"| `{k}` | `{v!r}` |" for k, v in hp.items()], '']

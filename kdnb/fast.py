@@ -6,15 +6,15 @@ Docs: https://kdnb-team.github.io/kdnb/fast.html.md"""
 
 # %% ../nbs/06e_fast.ipynb #af416289
 from __future__ import annotations
-import fcntl, hashlib, os
-from dataclasses import dataclass, asdict, fields, replace
+import fcntl, hashlib
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
 from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders
 from fastai.callback.core import Callback
 from fastai.torch_core import default_device
-from .core import KdnbError, save_torch, check_device
+from .core import KdnbError, save_torch
 from .data import WithIndex, ImageArrayDataset, get_dataset, _head, CIFAR10_STATS, CIFAR100_STATS
 
 # %% auto #0

@@ -9,16 +9,16 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from pathlib import Path
-import pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn as nn, torch.nn.functional as F
 from fastai.learner import AvgMetric, ValueMetric
 from fastai.torch_core import set_seed, trainable_params
 from fastai.callback.core import Callback
-from .core import KdnbError, DirLock, save_json, load_json, save_torch, atomic_write
+from .core import KdnbError, DirLock, save_json, load_json
 from .models.core import FeatureHooks, create_model
 from .train import (Recipe, reference_recipe, make_learner, top1, top5, run_epoch, prepare_run_dir, run_dir, check_batches, load_weights,
-                    make_run_dataloaders, seed_training, random_state, set_random_state, fit_epochs, run_results)
+                    make_run_dataloaders, seed_training, random_state, set_random_state, fit_epochs, run_results, write_epoch)
 from .fast import prepare_models
-from .distill import (Method, DistillationModel, Distiller, Features, make_method, distill_speed, distill_config, frozen_teacher_sources,
+from .distill import (DistillationModel, Distiller, logits_features, make_method, distill_speed, distill_config, frozen_teacher_sources,
                       run_pre_stages, load_teacher, set_context, distill_model)
 
 # %% auto #0
@@ -78,13 +78,13 @@ class FusedDistiller(Distiller):
         if not self.training: return
         self.t_logits = self.frozen_teacher_logits(self.features)
         self.t_feats = {p: h.features(self.t_logits) for p, h in self.t_hooks.items()}
-        self.s_feats = [h.features(p) if h else Features(None, [], None, None, p) for h, p in zip(self.s_hooks, self.pred)]
+        self.s_feats = [h.features(p) if h else logits_features(p) for h, p in zip(self.s_hooks, self.pred)]
     def after_loss(self):
         if not self.training: return
         total = 0.
         for k, (member, s) in enumerate(zip(self.members, self.s_feats)):
             m = member.method
-            t = self.t_feats[m.preact_teacher] if m.needs_features else Features(None, [], None, None, self.t_logits)
+            t = self.t_feats[m.preact_teacher] if m.needs_features else logits_features(self.t_logits)
             terms = m(s, t, self.y, F.cross_entropy(self.pred[k], self.y))
             loss = sum(terms.values())
             total = total + loss
@@ -136,10 +136,7 @@ class FusedCheckpointer(Callback):
             row = {'epoch': int(log['epoch']), **{n: float(log[f'{lab}:{n}']) for n in ('train_loss', 'valid_loss', 'top1', 'top5', *member.method.terms)},
                    'seconds': seconds}
             self.histories[k].append(row)
-            out = self.outs[k]
-            with atomic_write(out/'history.csv') as f: pd.DataFrame(self.histories[k]).to_csv(f, index=False)
-            save_torch(dict(model=member.state_dict(), opt=member_opt_state(sd, k), epoch=row['epoch'] + 1, config=self.configs[k],
-                            history=self.histories[k], rng=rng), out/'last.pt')
+            write_epoch(self.outs[k], self.histories[k], member.state_dict(), member_opt_state(sd, k), self.configs[k], rng)
 
 def fit_fused(learn, recipe:Recipe, outs:list, configs:list[dict], ckpts:list, starts:list, progress:bool=True) -> list[dict]:
     "Fit a `fused_learner` whose members resume from `ckpts` (all at one epoch, or all None) or start from `starts`; write each member's results."

@@ -8,7 +8,7 @@ Docs: https://kdnb-team.github.io/kdnb/train.html.md"""
 from __future__ import annotations
 from .core import KdnbError, atomic_write, save_json, load_json, save_torch, check_number, check_device, DirLock
 import math, os, random, sys, time, platform, subprocess
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict
 from functools import partial, wraps
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn
@@ -18,7 +18,7 @@ import fastai.callback.progress  # registers the fastprogress bar and `Learner.n
 from fastai.optimizer import OptimWrapper
 from fastai.metrics import accuracy, top_k_accuracy
 from fastai.callback.core import Callback, CancelTrainException
-from fastai.torch_core import set_seed, default_device
+from fastai.torch_core import set_seed
 import kdnb
 from .data import make_dataloaders, DatasetIndexCallback
 from .fast import Speed, parse_speed, speed_callbacks, prepare_models, device_dataloaders
@@ -26,9 +26,10 @@ from .models.core import create_model
 
 # %% auto #0
 __all__ = ['RECIPES', 'RUN_FILES', 'Recipe', 'reference_recipe', 'run_epoch', 'MultiStepLR', 'top1', 'top5', 'LossNotFinite',
-           'EpochLoss', 'random_state', 'set_random_state', 'seed_training', 'Checkpointer', 'load_checkpoint',
-           'load_weights', 'run_dir', 'prepare_run_dir', 'check_batches', 'one_process_per_run', 'make_learner',
-           'fit_run', 'fit_epochs', 'run_results', 'git_commit', 'versions', 'make_run_dataloaders', 'train_model']
+           'EpochLoss', 'random_state', 'set_random_state', 'seed_training', 'write_epoch', 'Checkpointer',
+           'load_checkpoint', 'load_weights', 'run_dir', 'prepare_run_dir', 'check_batches', 'one_process_per_run',
+           'make_learner', 'fit_run', 'fit_epochs', 'run_results', 'git_commit', 'versions', 'make_run_dataloaders',
+           'train_model']
 
 # %% ../nbs/07_train.ipynb #06cb0ab9
 @dataclass
@@ -131,6 +132,12 @@ def seed_training(learn, seed:int):
     # and which stages ran before must not change the batches a run sees
     set_seed(seed); learn.dls.train.rng.seed(seed)
 
+def write_epoch(out, history:list, model_state:dict, opt_state:dict, config:dict, rng:dict):
+    "A run's files after an epoch, each written atomically: `history.csv` and the `last.pt` a resume starts from."
+    out = Path(out)
+    with atomic_write(out/'history.csv') as f: pd.DataFrame(history).to_csv(f, index=False)
+    save_torch(dict(model=model_state, opt=opt_state, epoch=history[-1]['epoch'] + 1, config=config, history=history, rng=rng), out/'last.pt')
+
 class Checkpointer(Callback):
     "After each epoch: log metrics (`train_loss`: the epoch's mean loss) to `history.csv` and save `last.pt` in `out`, atomically."
     order = 70  # after the Recorder has the epoch's metrics
@@ -145,9 +152,7 @@ class Checkpointer(Callback):
         if getattr(self.learn, 'epoch_loss', None) is not None: row['train_loss'] = self.learn.epoch_loss.mean  # exact, so equal after a resume
         row['seconds'] = round(time.time() - self.t0, 2)
         self.history.append(row)
-        with atomic_write(self.out/'history.csv') as f: pd.DataFrame(self.history).to_csv(f, index=False)
-        save_torch(dict(model=self.learn.model.state_dict(), opt=self.opt.state_dict(), epoch=row['epoch'] + 1,
-                        config=self.config, history=self.history, rng=random_state(self.learn)), self.out/'last.pt')
+        write_epoch(self.out, self.history, self.learn.model.state_dict(), self.opt.state_dict(), self.config, random_state(self.learn))
 
 # %% ../nbs/07_train.ipynb #4ff1de93
 def load_checkpoint(path) -> dict:
