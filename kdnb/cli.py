@@ -65,11 +65,25 @@ def _run_args(p:argparse.ArgumentParser):
     p.add_argument('--precision', default='fp32', choices=['fp32', 'bf16'], help="fp32 (as the reference trained) or bf16 autocast (faster on a GPU; changes results)")
     p.add_argument('--benchmark', default='reference', choices=['reference', 'crd', 'imagenet'],
                    help="whose recipe: the reference's, the CRD/DKD tables' (240 epochs, lr 0.05; 0.01 for MobileNetV2/ShuffleNet), or ImageNet's (100 epochs, batch 256, lr 0.1)")
+    p.add_argument('--gpus', type=positive, default=1, help='processes of one DDP run, one per GPU (with --device cpu: CPU processes); '
+                   'the recipe\'s batch is split over them. Several machines: start torchrun yourself and leave --gpus out')
+    p.add_argument('--sync-bn', action='store_true', help="with --gpus N: normalise the student's batches over all GPUs (SyncBatchNorm)")
     p.add_argument('--no-progress', action='store_true')
 
 def _common(a): return dict(dataset=a.dataset, data_root=a.data_root, download=a.download, epochs=a.epochs, out=a.out,
                             resume=a.resume, lr=a.lr, bs=a.bs, seed=a.seed, num_workers=a.workers, device=a.device,
-                            progress=not a.no_progress, speed=a.speed, precision=a.precision, max_items=a.max_items, benchmark=a.benchmark)
+                            progress=not a.no_progress, speed=a.speed, precision=a.precision, max_items=a.max_items, benchmark=a.benchmark,
+                            sync_bn=a.sync_bn)
+
+def _run(target:str, kwargs:dict, gpus:int):
+    "`target(**kwargs)` in this process, or in `gpus` processes started by torchrun (not when already under torchrun)."
+    import importlib, os
+    if kwargs.get('sync_bn') and gpus == 1 and 'WORLD_SIZE' not in os.environ: raise KdnbError("--sync-bn goes with --gpus N (N > 1)")
+    if gpus > 1 and 'WORLD_SIZE' not in os.environ:
+        from kdnb.distributed import run_in_processes
+        return run_in_processes(target, kwargs, gpus)
+    module, _, name = target.partition(':')
+    return getattr(importlib.import_module(module), name)(**kwargs)
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog='kdnb', description='Knowledge distillation of image classifiers.')
@@ -156,24 +170,25 @@ def _datasets(a):
     print('\n'.join(list_datasets()))
 
 def _train(a):
-    from kdnb.train import train_model
-    _report(train_model(a.model, **_common(a)), a.out)
+    _report(_run('kdnb.train:train_model', dict(model=a.model, **_common(a)), a.gpus), a.out)
 
 def _distill(a):
-    from kdnb.distill import distill_model
     hp = {**{k: getattr(a, k) for k in HPARAM_FLAGS if getattr(a, k) is not None}, **dict(a.hp)}
     methods = [m.strip() for m in a.method.split(',') if m.strip()]
     if a.teacher_weights and a.teacher_ckpt: raise KdnbError("--teacher-ckpt and --teacher-weights both give the teacher's weights; pass one")
     ckpt = f'pretrained:{a.teacher_weights}' if a.teacher_weights else a.teacher_ckpt
     if len(methods) == 1:
-        return _report(distill_model(a.student, a.teacher, methods[0], ckpt, teacher_logits=a.teacher_logits, **_common(a), **hp), a.out)
+        run = dict(student=a.student, teacher=a.teacher, method=methods[0], teacher_ckpt=ckpt, teacher_logits=a.teacher_logits, **_common(a), **hp)
+        return _report(_run('kdnb.distill:distill_model', run, a.gpus), a.out)
+    if a.gpus > 1: raise KdnbError("fused students train in one process; pass one method with --gpus, or leave out --gpus")
     from kdnb.distill import create_method
     from kdnb.fused import distill_fused
     takes = [set(create_method(m).hparams(every=True)) for m in methods]
     unused = [k for k in hp if not any(k in t for t in takes)]
     if unused: raise KdnbError(f"none of {', '.join(methods)} takes the hyper-parameter {unused[0]!r}; leave it out")
     results = distill_fused(a.student, a.teacher, methods, ckpt, teacher_logits=a.teacher_logits,
-                            hparams=[{k: v for k, v in hp.items() if k in t} for t in takes], **_common(a))
+                            hparams=[{k: v for k, v in hp.items() if k in t} for t in takes],
+                            **{k: v for k, v in _common(a).items() if k != 'sync_bn'})
     for r in results: print(f"{r['config']['method']:12s}", end=' '); _report(r, Path(a.out)/r['config']['method'])
 
 def _report(res, out):

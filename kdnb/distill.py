@@ -21,6 +21,7 @@ from .connectors import Connector, ConvRegressor
 from .models.core import Features, FeatureHooks, feature_spec, classify_feature_map, create_model
 from .train import Recipe, reference_recipe, make_learner, fit_run, load_checkpoint, make_run_dataloaders, run_epoch
 from .fast import Speed, parse_speed, prepare_models, load_or_build_cache
+from .distributed import unwrap, world_size, process_mean, process_device, distributed_speed
 from .optim import DOT as DOTOptimizer
 from functools import partial
 from fastai.optimizer import OptimWrapper
@@ -83,6 +84,7 @@ class Method(nn.Module):
     batch_index: torch.Tensor|None = None  # the batch's dataset indices
     student_eval: bool = False  # the student in eval mode (BatchNorm statistics frozen) during a stage that does not train it (FT's)
     task_terms: tuple = ()  # terms whose gradient the optimiser takes apart from the others' (DOT); empty: one backward of the sum
+    per_process_state: str = ''  # why its state cannot be split over the processes of a DDP run (CRD's memory bank), if so
     def setup(self, s:Features, t:Features): "Build connectors from example features (shapes only); raise `KdnbError` if the networks cannot serve."
     def forward(self, s:Features, t:Features, y:torch.Tensor, ce:torch.Tensor) -> dict: raise NotImplementedError
     def pre_stages(self) -> list[Stage]: "Stages to train, in order, before the main one."; return []
@@ -99,6 +101,12 @@ class Method(nn.Module):
     def fusable(self) -> bool:
         "Whether its student can train in a fused run (`kdnb.fused`): not with a peer of its own, nor an optimiser of its own."
         return not self.trains_teacher and not self.own_optimizer
+    @property
+    def ddp_obstacle(self) -> str:
+        "Why it cannot train in a run of several processes (`kdnb.distributed`), or '' if it can."
+        if self.pre_stages(): return "a stage before the main one leaves parameters without gradients, which DDP does not allow"
+        if self.own_optimizer: return "its optimiser takes two backward passes a step, and DDP averages the gradients of one"
+        return self.per_process_state
     def hparams(self, every:bool=False) -> dict:
         "Hyper-parameter -> value; those in `optional` only when set away from their default, unless `every`."
         default = _init_defaults(type(self))
@@ -400,6 +408,7 @@ class CRD(FeatureKD):
     family = 'contrastive'
     feature_term, paper = 'crd', 'Tian et al., Contrastive Representation Distillation, ICLR 2020'
     uses = 'embeddings through trainable projections, a memory bank of both over the training set'
+    per_process_state = "each process would update only its own images' rows of the memory bank"
     hparam_bounds = {'nce_k': (1, None), 'nce_t': (None, 0), 'dim': (1, None)}
     def __init__(self, beta:float=0.8, gamma:float=1., alpha:float=0., T:float=4., nce_k:int=16384, nce_t:float=0.07,
                  momentum:float=0.5, dim:int=128):
@@ -684,7 +693,7 @@ class Distiller(Callback):
     def __init__(self, teacher:nn.Module, teacher_logits:torch.Tensor|None=None, cache=None):
         self.teacher, self.teacher_logits, self.cache = teacher, teacher_logits, cache
     @property
-    def method(self) -> Method: return self.learn.model.method
+    def method(self) -> Method: return unwrap(self.learn.model).method
     def before_fit(self):
         dev = next(self.learn.model.parameters()).device
         self.teacher.to(dev)
@@ -697,16 +706,16 @@ class Distiller(Callback):
         self.sums = {k: 0. for k in self.method.terms}; self.count = 0
         names = set(self.learn.metrics.attrgot('name'))
         self.learn.metrics += [ValueMetric(self._avg(k), k) for k in self.method.terms if k not in names]
-    def _avg(self, k): return lambda: float(self.sums[k]) / max(self.count, 1)
+    def _avg(self, k): return lambda: process_mean(self.sums[k]) / max(self.count, 1)
     def before_train(self):
         self.sums, self.count = {k: 0. for k in self.method.terms}, 0
-        if self.method.student_eval: self.learn.model.student.eval()  # after fastai's TrainEvalCallback set training mode
+        if self.method.student_eval: unwrap(self.learn.model).student.eval()  # after fastai's TrainEvalCallback set training mode
     def before_batch(self):
         if not self.training: return
         set_context(self.method, self.learn)
     def after_pred(self):
         if not self.training: return
-        t_logits = self.learn.model.peer_logits if self.method.trains_teacher else self.frozen_teacher_logits(self.method.needs_features)
+        t_logits = unwrap(self.learn.model).peer_logits if self.method.trains_teacher else self.frozen_teacher_logits(self.method.needs_features)
         self.t_feats = self.t_hooks.features(t_logits) if self.t_hooks else logits_features(t_logits)
         self.s_feats = self.s_hooks.features(self.pred) if self.s_hooks else logits_features(self.pred)
     def frozen_teacher_logits(self, features:bool) -> torch.Tensor:
@@ -742,10 +751,10 @@ class PeerAccuracy(Metric):
     "Top-1 accuracy of the DML peer on the validation set."
     def reset(self): self.correct, self.n = 0, 0
     def accumulate(self, learn):
-        p = learn.model.peer_logits
+        p = unwrap(learn.model).peer_logits
         self.correct += (p.argmax(-1) == learn.yb[0]).sum().item(); self.n += len(p)
     @property
-    def value(self): return self.correct / max(self.n, 1)
+    def value(self): return process_mean(self.correct / max(self.n, 1))
     @property
     def name(self): return 'peer_top1'
 
@@ -755,7 +764,7 @@ def load_teacher(name:str, ckpt=None, num_classes:int=100, download:bool=False) 
     return create_model(name, num_classes, checkpoint_path=ckpt, download=download)  # one loader for every format, and one error naming both networks
 
 def distill_learner(dls, student:nn.Module, teacher:nn.Module, method:Method, recipe:Recipe, out,
-                    teacher_logits=None, speed:Speed|None=None, cache=None):
+                    teacher_logits=None, speed:Speed|None=None, cache=None, sync_bn:bool=False):
     "A `Learner` that distils `teacher` into `student` with `method` (a DML peer trains with the student's recipe); returns (learn, lr)."
     method.attach_data(dls.train.dataset)  # before the model is built: a method's state may have one slot per training image (CRD)
     size = getattr(dls, 'image_size', 32)
@@ -765,7 +774,7 @@ def distill_learner(dls, student:nn.Module, teacher:nn.Module, method:Method, re
         from kdnb.train import top1, top5
         metrics = [top1, top5, PeerAccuracy()]
     return make_learner(dls, model, recipe, out, cbs=[Distiller(teacher, teacher_logits, cache)], metrics=metrics, speed=speed,
-                        opt_func=method.optimizer(recipe)), recipe.lr
+                        opt_func=method.optimizer(recipe), sync_bn=sync_bn), recipe.lr
 
 # %% ../nbs/10_distill.ipynb #563ca0eb
 def _random_states(dl) -> tuple: return dl.rng.getstate(), torch.get_rng_state(), random.getstate(), np.random.get_state()
@@ -801,7 +810,7 @@ def make_method(method:str, teacher:str, student:str, teacher_logits:str='online
 
 def distill_speed(speed, device, precision:str, methods:list, teacher_logits:str, teacher_ckpt) -> Speed:
     "The run's `Speed`, without the teacher cache where it cannot serve every method."
-    sp = parse_speed(speed, device, precision)
+    sp = distributed_speed(parse_speed(speed, device, precision), speed)
     if sp.teacher_cache and (any(not m.logits_only or m.trains_teacher for m in methods) or teacher_logits != 'online' or teacher_ckpt is None
                              or not Path(teacher_ckpt).is_file()):  # the cache is keyed by the checkpoint file's bytes
         names = ', '.join(m.method_name for m in methods)
@@ -828,9 +837,12 @@ def distill_model(student:str, teacher:str, method:str='KD', teacher_ckpt=None, 
                   out='runs/distill', epochs:int|None=None, resume:bool=False, data_root=None, lr:float|None=None,
                   bs:int|None=None, seed:int=0, num_workers:int=0, device=None, progress:bool=True,
                   teacher_logits:str='online', download:bool=False, max_items:int|None=None, speed='auto', precision:str='fp32',
-                  benchmark:str='reference', **hparams) -> dict:
+                  benchmark:str='reference', sync_bn:bool=False, **hparams) -> dict:
     "Distil zoo model `teacher` (weights from `teacher_ckpt`) into a fresh zoo `student` with `method`, with the recipe of `benchmark`."
     m, hp = make_method(method, teacher, student, teacher_logits, **hparams)
+    if world_size() > 1 and m.ddp_obstacle:
+        raise KdnbError(f"{m.method_name} cannot train in several processes: {m.ddp_obstacle}; run it in one (leave out --gpus)")
+    device = process_device(device)  # under torchrun: this process's GPU
     recipe = reference_recipe(student, benchmark).scaled(epochs, lr=lr, bs=bs)
     sp = distill_speed(speed, device, precision, [m], teacher_logits, teacher_ckpt)
     dls = make_run_dataloaders(dataset, data_root, recipe.bs, num_workers, device, download, seed, max_items, sp)
@@ -845,7 +857,7 @@ def distill_model(student:str, teacher:str, method:str='KD', teacher_ckpt=None, 
     start = run_pre_stages(dls, s_net, t_net, m, recipe, out, config, resume, progress)
     cached, cache = frozen_teacher_sources(t_net, teacher_ckpt, teacher_logits, dls, sp, progress)
     prepare_models(sp, s_net, t_net)
-    learn, lr = distill_learner(dls, s_net, t_net, m, recipe, out, cached, speed=sp, cache=cache)
+    learn, lr = distill_learner(dls, s_net, t_net, m, recipe, out, cached, speed=sp, cache=cache, sync_bn=sync_bn)
     return fit_run(learn, recipe, out, config, resume, progress, lr=lr, start=start)
 
 def run_pre_stages(dls, student, teacher, method:Method, recipe:Recipe, out, config:dict, resume:bool=False, progress:bool=True) -> dict|None:

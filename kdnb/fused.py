@@ -18,6 +18,7 @@ from .models.core import FeatureHooks, create_model
 from .train import (Recipe, reference_recipe, make_learner, top1, top5, run_epoch, prepare_run_dir, run_dir, check_batches, load_weights,
                     make_run_dataloaders, seed_training, random_state, set_random_state, fit_epochs, run_results, write_epoch)
 from .fast import prepare_models
+from .distributed import world_size
 from .distill import (DistillationModel, Distiller, logits_features, make_method, distill_speed, distill_config, frozen_teacher_sources,
                       run_pre_stages, load_teacher, set_context, distill_model)
 
@@ -168,6 +169,8 @@ def distill_fused(student:str, teacher:str, methods:list[str], teacher_ckpt=None
                   benchmark:str='reference') -> list[dict]:
     "Distil `teacher` into one fresh `student` per method of `methods` in one training loop; each run's files go to its folder of `outs` (default `out/METHOD`)."
     if not methods: raise KdnbError("a fused run needs at least one method")
+    if world_size() > 1:  # one process feeds its students; DDP would average the gradients of several fused loops
+        raise KdnbError("fused students train in one process; pass one method per run of several processes (--gpus), or leave out --gpus")
     hparams = list(hparams or [{}] * len(methods))
     if len(hparams) != len(methods): raise KdnbError(f"{len(methods)} methods but {len(hparams)} hyper-parameter sets; give one per method")
     made = [make_method(m, teacher, student, teacher_logits, **hp) for m, hp in zip(methods, hparams)]

@@ -18,10 +18,11 @@ import fastai.callback.progress  # registers the fastprogress bar and `Learner.n
 from fastai.optimizer import OptimWrapper
 from fastai.metrics import accuracy, top_k_accuracy
 from fastai.callback.core import Callback, CancelTrainException
-from fastai.torch_core import set_seed
+from fastai.torch_core import set_seed, default_device
 import kdnb
 from .data import make_dataloaders, DatasetIndexCallback
 from .fast import Speed, parse_speed, speed_callbacks, prepare_models, device_dataloaders
+from .distributed import DDPTrainer, world_size, is_main_process, unwrap, process_mean, process_device, process_batch, distributed_speed
 from .models.core import create_model
 
 # %% auto #0
@@ -106,7 +107,7 @@ class EpochLoss(Callback):
     def after_batch(self):
         if self.training: self.total, self.count = self.total + self.learn.loss.detach().float(), self.count + 1
     def after_train(self):
-        self.mean = float(self.total) / max(self.count, 1)  # the epoch's one sync
+        self.mean = process_mean(self.total) / max(self.count, 1)  # the epoch's one sync (over all processes of a DDP run)
         if math.isfinite(self.mean): return
         sums = getattr(getattr(self.learn, 'distiller', None), 'sums', {})  # a distillation's per-term sums
         bad = [k for k, v in sums.items() if not math.isfinite(float(v))]
@@ -152,7 +153,8 @@ class Checkpointer(Callback):
         if getattr(self.learn, 'epoch_loss', None) is not None: row['train_loss'] = self.learn.epoch_loss.mean  # exact, so equal after a resume
         row['seconds'] = round(time.time() - self.t0, 2)
         self.history.append(row)
-        write_epoch(self.out, self.history, self.learn.model.state_dict(), self.opt.state_dict(), self.config, random_state(self.learn))
+        if is_main_process():  # the processes of a DDP run hold the same weights
+            write_epoch(self.out, self.history, unwrap(self.learn.model).state_dict(), self.opt.state_dict(), self.config, random_state(self.learn))
 
 # %% ../nbs/07_train.ipynb #4ff1de93
 def load_checkpoint(path) -> dict:
@@ -208,18 +210,18 @@ def prepare_run_dir(out, config:dict, resume:bool) -> dict|None:
     out = run_dir(out)
     trained = [f for f in RUN_FILES if (out/f).exists()]
     if not trained:  # a new folder, or a start that failed before its first epoch: nothing to keep, so the (corrected) run starts here
-        save_json(config, out/'config.json')
+        if is_main_process(): save_json(config, out/'config.json')
         return None
     old = _stored_config(out)
     if not isinstance(old, dict):
         raise KdnbError(f"{out} holds run files ({', '.join(trained)}) but neither config.json nor last.pt says which run; choose a new --out directory")
-    diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+    diff = {k: (old.get(k), config.get(k)) for k in {**config, 'processes': None, 'sync_bn': None} if old.get(k) != config.get(k)}
     if diff:
         k, (a, b) = next(iter(diff.items()))
         raise KdnbError(f"{out} holds another run ({k}: {a!r} there, {b!r} here); choose a new --out directory")
     if not resume:
         raise KdnbError(f"{out} already holds this run; pass --resume to continue it, or choose a new --out directory")
-    if old != _json_or_none(out/'config.json'): save_json(old, out/'config.json')  # restore a lost or corrupt config.json from the checkpoint
+    if old != _json_or_none(out/'config.json') and is_main_process(): save_json(old, out/'config.json')  # restore a lost or corrupt config.json from the checkpoint
     if not (out/'last.pt').exists(): return None
     ckpt = load_checkpoint(out/'last.pt')
     if missing := [k for k in ('opt', 'epoch', 'history', 'rng') if k not in ckpt]:
@@ -242,6 +244,7 @@ def one_process_per_run(fit):
     def _fit(learn, recipe, out, *args, **kwargs):
         check_batches(learn.dls)  # before the folder is created
         out = run_dir(out)
+        if not is_main_process(): return fit(learn, recipe, out, *args, **kwargs)  # process 0 of a DDP run holds the lock
         with DirLock(out, '.run.lock') as lock:
             if not lock.acquire():
                 raise KdnbError(f"{out} is locked by another kdnb process training there; wait for it to finish, or choose another --out")
@@ -249,11 +252,13 @@ def one_process_per_run(fit):
     return _fit
 
 # %% ../nbs/07_train.ipynb #bfb00a26
-def make_learner(dls, model:nn.Module, recipe:Recipe, out, cbs=(), metrics=None, splitter=None, speed:Speed|None=None, opt_func=None) -> Learner:
-    "A fastai `Learner` with the benchmark's optimiser (SGD, momentum, L2 weight decay on every parameter) or `opt_func`; `speed` adds bf16 autocast."
+def make_learner(dls, model:nn.Module, recipe:Recipe, out, cbs=(), metrics=None, splitter=None, speed:Speed|None=None, opt_func=None,
+                 sync_bn:bool=False) -> Learner:
+    "A fastai `Learner` with the benchmark's optimiser (SGD, momentum, L2 weight decay on every parameter) or `opt_func`; `speed` adds bf16 autocast; DDP in a run of several processes."
     # PyTorch's SGD (through fastai's OptimWrapper) updates all parameters with a few multi-tensor kernels; fastai's own
     # SGD loops over the parameters in Python, launching several kernels for each, which dominates a small-batch GPU step
     kw = dict(splitter=splitter) if splitter else {}
+    if world_size() > 1: cbs = [*cbs, DDPTrainer(dls.device or default_device(), sync_bn)]
     learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), lr=recipe.lr, wd=recipe.wd, wd_bn_bias=True,
                     opt_func=opt_func or partial(OptimWrapper, opt=torch.optim.SGD, momentum=recipe.momentum, weight_decay=recipe.wd), metrics=metrics or [top1, top5],
                     cbs=[DatasetIndexCallback(), MultiStepLR(recipe.milestones, recipe.gamma), EpochLoss(), *speed_callbacks(speed or Speed()), *cbs],
@@ -273,6 +278,7 @@ def fit_run(learn:Learner, recipe:Recipe, out, config:dict, resume:bool=False, p
     "Fit `learn` for the run described by `config` in `out` (resuming if asked) and return its results."
     # `start`: the final checkpoint of an earlier stage, whose weights a fresh run starts from
     out = Path(out)
+    if ddp := next((c for c in learn.cbs if isinstance(c, DDPTrainer)), None): config = {**config, 'processes': world_size(), 'sync_bn': ddp.sync_bn}
     ckpt = prepare_run_dir(out, config, resume)
     if (out/'results.json').exists(): return load_json(out/'results.json')  # finished earlier (prepare_run_dir checked it is this run)
     learn.epoch_offset, history = 0, []
@@ -291,11 +297,12 @@ def fit_run(learn:Learner, recipe:Recipe, out, config:dict, resume:bool=False, p
         fit_epochs(learn, remaining, lr or recipe.lr, cbs, progress)
         history = cbs[0].history
     results = run_results(config, history, time.time() - t0)
-    save_json(results, out/'results.json')
+    if is_main_process(): save_json(results, out/'results.json')
     return results
 
 def fit_epochs(learn:Learner, n:int, lr:float, cbs:list, progress:bool=True):
     "`learn.fit(n, lr, cbs)` with a progress bar on a terminal, one line per epoch in a log file (or nothing if not `progress`)."
+    progress = progress and is_main_process()  # one progress report for the processes of a DDP run
     if progress and sys.stdout.isatty(): return learn.fit(n, lr=lr, cbs=cbs)
     logger, learn.logger = learn.logger, _epoch_line(learn) if progress else noop
     try:
@@ -337,22 +344,23 @@ def make_run_dataloaders(dataset, data_root, bs, num_workers, device, download, 
     if speed.device_data:
         return device_dataloaders(dataset, data_root, bs=bs, device=device, download=download, seed=seed, max_items=max_items,
                                   channels_last=speed.channels_last)
-    return make_dataloaders(dataset, data_root, bs=bs, num_workers=num_workers, device=device, download=download, seed=seed, max_items=max_items)
+    return make_dataloaders(dataset, data_root, bs=process_batch(bs), num_workers=num_workers, device=device, download=download, seed=seed, max_items=max_items)
 
 def train_model(model:str, dataset:str='cifar10-subset', out='runs/train', epochs:int|None=None, resume:bool=False,
                 data_root=None, lr:float|None=None, bs:int|None=None, seed:int=0, num_workers:int=0, device=None,
                 progress:bool=True, download:bool=False, max_items:int|None=None, speed='auto', precision:str='fp32',
-                benchmark:str='reference') -> dict:
+                benchmark:str='reference', sync_bn:bool=False) -> dict:
     "Train zoo model `model` on `dataset` with the recipe of `benchmark` (`RECIPES`); results and checkpoints go to `out`."
     recipe = reference_recipe(model, benchmark).scaled(epochs, lr=lr, bs=bs)
-    sp = parse_speed(speed, device, precision)
+    device = process_device(device)  # under torchrun: this process's GPU
+    sp = distributed_speed(parse_speed(speed, device, precision), speed)
     dls = make_run_dataloaders(dataset, data_root, recipe.bs, num_workers, device, download, seed, max_items, sp)
     set_seed(seed)
     net = prepare_models(sp, create_model(model, num_classes=dls.num_classes))
     config = dict(kind='train', model=net.name, dataset=dataset, num_classes=dls.num_classes, seed=seed, max_items=max_items,
                   speed=str(sp), precision=sp.precision, **asdict(recipe))
     config['milestones'] = list(recipe.milestones)
-    learn = make_learner(dls, net, recipe, out, speed=sp)
+    learn = make_learner(dls, net, recipe, out, speed=sp, sync_bn=sync_bn)
     return fit_run(learn, recipe, out, config, resume, progress)
 
 # %% ../nbs/07_train.ipynb #2479f28d

@@ -31,7 +31,7 @@ def cell_parameters(cell:Cell, out, device=None, data_root=None) -> dict:
              hparams=cell.hparams, teacher_logits=cell.teacher_logits, dataset=cell.dataset,
              data_root=str(Path(data_root or cell.data_root).resolve()) if (data_root or cell.data_root) else None,
              epochs=cell.epochs, lr=cell.lr, bs=cell.bs, seed=cell.seed, max_items=cell.max_items,
-             out_dir='.', device=device, speed=cell.speed, precision=cell.precision, benchmark=cell.benchmark, cell_id=cell.id,
+             out_dir='.', device=device, speed=cell.speed, precision=cell.precision, benchmark=cell.benchmark, gpus=cell.gpus, cell_id=cell.id,
              identity=cell_identity(cell))
     # paths inside the grid are relative to the cell's folder (the notebook runs there), so a copied or moved grid, or one a
     # second machine mounts elsewhere, resumes its cells: each run's config.json records the same teacher path
@@ -124,7 +124,7 @@ def _gpu_count() -> int:
     return torch.cuda.device_count()
 
 class LocalBackend:
-    "Cells as child processes: one per GPU, or `workers` on the CPU."
+    "Cells as child processes: one per GPU, or `workers` on the CPU; a cell with `gpus: N` takes N slots (its DDP processes)."
     def __init__(self, out, workers:int|None=None, device:str|None=None, notebook=None, address:str|None=None):
         if address: raise KdnbError("--address is for --backend ray; the local backend runs cells on this machine")
         gpus = 0 if device == 'cpu' else _gpu_count()
@@ -132,19 +132,25 @@ class LocalBackend:
         self.slots = [dict(CUDA_VISIBLE_DEVICES=str(i % gpus)) if gpus else
                       dict(OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // self.workers))) for i in range(self.workers)]
         self.device = 'cuda' if gpus else 'cpu'
-        self.out, self.notebook, self.running = Path(out), notebook, {}  # slot -> (cell id, Popen, log file)
+        self.out, self.notebook, self.running = Path(out), notebook, {}  # slots -> (cell ids, Popen, log file)
         self.label = f"{self.workers} local worker{'s' * (self.workers > 1)} on {'GPU' if gpus else 'CPU'}"
-    def free(self) -> int: return self.workers - len(self.running)
+    def free(self) -> int: return self.workers - sum(map(len, self.running))
+    def slot_env(self, slots:tuple) -> dict:
+        "The environment of a cell in `slots`: their GPUs (one process each), or their share of the CPU's threads."
+        envs = [self.slots[i] for i in slots]
+        if 'CUDA_VISIBLE_DEVICES' in envs[0]: return dict(CUDA_VISIBLE_DEVICES=','.join(e['CUDA_VISIBLE_DEVICES'] for e in envs))
+        return envs[0]  # each of the cell's processes gets one slot's threads
     def submit(self, cells:list[Cell], params:list[dict]):
-        "Run `cells` (one, or several to fuse) with their papermill `params` in a free slot."
-        slot = next(i for i in range(self.workers) if i not in self.running)
+        "Run `cells` (one, or several to fuse) with their papermill `params` in free slots, as many as the cell's `gpus`."
+        taken = {i for s in self.running for i in s}
+        slots = tuple([i for i in range(self.workers) if i not in taken][:cells[0].gpus])
         params = [{**p, 'device': p.get('device') or self.device} for p in params]
         args = [sys.executable, '-c', 'import sys; from kdnb.cli import main; sys.exit(main())', 'grid', 'exec', str(self.out), json.dumps(params)]
         if self.notebook: args += ['--notebook', str(self.notebook)]
         log = cell_dir(self.out, cells[0].id); log.mkdir(parents=True, exist_ok=True)
         f = open(log/'exec.log', 'a')  # the child's output; each cell's outcome is a line of its own
-        p = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **self.slots[slot]}, preexec_fn=_die_with_parent)
-        self.running[slot] = ([c.id for c in cells], p, f)
+        p = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **self.slot_env(slots)}, preexec_fn=_die_with_parent)
+        self.running[slots] = ([c.id for c in cells], p, f)
     def poll(self, timeout:float) -> list[dict]:
         end, done = time.time() + timeout, []
         while not done and time.time() < end:
@@ -170,7 +176,7 @@ class LocalBackend:
 def _ray_execute(out, params, notebook): return execute_cells(out, params, notebook)
 
 class RayBackend:
-    "Cells as Ray tasks on the cluster at `address`, one GPU (or one CPU) each."
+    "Cells as Ray tasks on the cluster at `address`, one GPU (or one CPU) each; a cell with `gpus: N` asks Ray for N."
     def __init__(self, out, workers:int|None=None, device:str|None=None, notebook=None, address:str|None=None):
         if not address: raise KdnbError("--backend ray needs --address HOST:PORT of a running Ray cluster")
         try: import ray
@@ -182,21 +188,21 @@ class RayBackend:
         res = ray.cluster_resources()
         gpu = device != 'cpu' and res.get('GPU', 0) > 0
         self.device = 'cuda' if gpu else 'cpu'
-        self.task = ray.remote(num_gpus=1, num_cpus=1)(_ray_execute) if gpu else ray.remote(num_cpus=1)(_ray_execute)
-        self.task = self.task.options(max_retries=0)
+        self.gpu, self.task = gpu, ray.remote(max_retries=0)(_ray_execute)
         self.workers = workers or int(res.get('GPU' if gpu else 'CPU', 1))
         self.out, self.notebook, self.running = Path(out).resolve(), notebook, {}
         self.label = f"Ray cluster {address}: {self.workers} concurrent task{'s' * (self.workers > 1)} ({'1 GPU' if gpu else '1 CPU'} each)"
-    def free(self) -> int: return self.workers - len(self.running)
+    def free(self) -> int: return self.workers - sum(n for _, n in self.running.values())
     def submit(self, cells, params):
-        ref = self.task.remote(str(self.out), [{**p, 'device': p.get('device') or self.device} for p in params], self.notebook and str(self.notebook))
-        self.running[ref] = [c.id for c in cells]
+        n = cells[0].gpus
+        ref = self.task.options(**(dict(num_gpus=n, num_cpus=1) if self.gpu else dict(num_cpus=n))).remote(str(self.out), [{**p, 'device': p.get('device') or self.device} for p in params], self.notebook and str(self.notebook))
+        self.running[ref] = ([c.id for c in cells], n)
     def poll(self, timeout:float) -> list[dict]:
         if not self.running: time.sleep(timeout); return []
         ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=timeout)
         done = []
         for ref in ready:
-            cids = self.running.pop(ref)
+            cids, _ = self.running.pop(ref)
             try: done += self.ray.get(ref)
             except Exception as e: done += [dict(cell=cid, status='failed', error=f"Ray task failed: {type(e).__name__}: {str(e).splitlines()[0]}") for cid in cids]
         return done
@@ -272,6 +278,10 @@ def run_grid(spec, out, workers:int|None=None, dry_run:bool=False, backend:str='
     if teachers: save_json(dict(teachers=str(Path(teachers).expanduser().resolve())), out/'teachers.json')  # for `kdnb grid table`
     nb = Path(notebook) if notebook else experiment_notebook()
     runner = BACKENDS[backend](out, workers=workers, device=device, notebook=nb, address=address)
+    if big := [c for c in plan.cells if c.gpus > runner.workers]:
+        runner.close()
+        raise KdnbError(f"{big[0].id} asks for gpus: {big[0].gpus}, but {runner.label} can give a cell at most {runner.workers}; "
+                        "run the grid where there are that many GPUs, or pass --workers N (CPU processes)")
     started, outcomes = time.time(), {}
     states = {c.id: cell_state(cell_dir(out, c.id)) for c in plan.cells}
     for cid, st in states.items():
@@ -305,7 +315,7 @@ def run_grid(spec, out, workers:int|None=None, dry_run:bool=False, backend:str='
                 deps = [outcomes.get(d, {}).get('status') for d in c.after]
                 if any(s in ('failed', 'skipped') for s in deps):
                     pending.remove(c); finish(dict(cell=c.id, status='skipped', error=f"needs {c.after[0]}, which failed")); continue
-                if not all(s == 'done' for s in deps) or runner.free() <= 0 or retry_at.get(c.id, 0) > time.time(): continue
+                if not all(s == 'done' for s in deps) or runner.free() < c.gpus or retry_at.get(c.id, 0) > time.time(): continue
                 run_dir = cell_dir(out, c.id)
                 if is_locked(run_dir): retry_at[c.id] = time.time() + 2; continue  # another runner has it; wait
                 if cell_state(run_dir) == 'done':

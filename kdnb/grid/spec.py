@@ -17,11 +17,11 @@ __all__ = ['SETTINGS', 'GRID_KEYS', 'EXPERIMENT_KEYS', 'SETTING_DEFAULTS', 'Spec
            'teacher_checkpoint_path', 'expand_grid', 'load_plan']
 
 # %% ../../nbs/12_grid.ipynb #6ee87aa1
-SETTINGS = ('dataset', 'data_root', 'seeds', 'teacher_seed', 'epochs', 'lr', 'bs', 'max_items', 'speed', 'precision', 'benchmark', 'fuse')
+SETTINGS = ('dataset', 'data_root', 'seeds', 'teacher_seed', 'epochs', 'lr', 'bs', 'max_items', 'speed', 'precision', 'benchmark', 'fuse', 'gpus')
 GRID_KEYS = {'name', 'description', 'experiments', 'teachers', *SETTINGS}
 EXPERIMENT_KEYS = {'title', 'pairs', 'models', 'methods', 'hparams', 'teacher_logits', 'reference', *SETTINGS}
 SETTING_DEFAULTS = dict(dataset='CIFAR-100', data_root=None, seeds=[0], teacher_seed=0, epochs=None, lr=None, bs=None, max_items=None, speed='auto', precision='fp32', benchmark='reference',
-                        fuse=False)
+                        fuse=False, gpus=1)
 
 class SpecError(KdnbError):
     "A grid spec that cannot be run; the message names the file, the place in it and the field."
@@ -58,10 +58,11 @@ class Cell:
     teacher_ckpt: str|None = None  # a downloaded teacher's checkpoint; None: the teacher cell's (in `after`)
     after: list = field(default_factory=list)
     fuse: bool = False  # may train in one loop with the cells of the same student, teacher and recipe (kdnb.fused); not part of its result
+    gpus: int = 1  # processes of its DDP run (kdnb.distributed), one GPU (or CPU worker slot) each
 
     def fuse_key(self) -> str|None:
         "What cells that train in one fused run share (all but the method and its hyper-parameters), or None if this one runs alone."
-        if not self.fuse or self.kind != 'distill': return None
+        if not self.fuse or self.kind != 'distill' or self.gpus > 1: return None
         return json.dumps({k: v for k, v in asdict(self).items() if k not in ('id', 'method', 'hparams', 'fuse')}, sort_keys=True, default=str)
 
     def recipe(self):
@@ -75,7 +76,7 @@ class Cell:
         what = f"train {self.model}" if self.kind == 'train' else \
                f"{self.method}({', '.join(f'{k}={v}' for k, v in self.hparams.items())}) {self.teacher} -> {self.student}" + \
                (f" [{self.teacher_logits} teacher logits]" if self.teacher_logits != 'online' else '')
-        extra = f", first {self.max_items} images" if self.max_items else ''
+        extra = (f", first {self.max_items} images" if self.max_items else '') + (f", {self.gpus} GPUs" if self.gpus > 1 else '')
         uses = f"; {_method_uses(self.method)}" if self.kind == 'distill' and _method_uses(self.method) else ''
         return f"{what}; {r.epochs} ep, bs {r.bs}, lr {r.lr:g} (x{r.gamma:g} at {'/'.join(map(str, r.milestones))}), {self.precision}{extra}{uses}{self._teacher_source()}"
 
@@ -136,6 +137,7 @@ def _check_settings(file, where, d:dict) -> dict:
             for s in v: _check_int(file, where, k, s, allow_none=False, minimum=0)
             if len(set(v)) != len(v): _fail(file, where, k, f"lists a seed twice: {v}")
         elif k == 'teacher_seed': _check_int(file, where, k, v, allow_none=False, minimum=0)
+        elif k == 'gpus': _check_int(file, where, k, v, allow_none=False, minimum=1)
         elif k == 'fuse':
             if not isinstance(v, bool): _fail(file, where, k, f"must be true or false, not {v!r}")
         elif k == 'benchmark':
@@ -236,7 +238,7 @@ def expand_grid(spec:dict, file='grid spec', teachers=None) -> Plan:
         for k in e:
             if k not in EXPERIMENT_KEYS: _fail(file, where, k, f"unknown field; allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
         s = {**top, **_check_settings(file, where, e)}
-        rec = dict(dataset=s['dataset'], epochs=s['epochs'], lr=s['lr'], bs=s['bs'], max_items=s['max_items'], data_root=s['data_root'], speed=s['speed'], precision=s['precision'], benchmark=s['benchmark'])
+        rec = dict(dataset=s['dataset'], epochs=s['epochs'], lr=s['lr'], bs=s['bs'], max_items=s['max_items'], data_root=s['data_root'], speed=s['speed'], precision=s['precision'], benchmark=s['benchmark'], gpus=s['gpus'])
         low = '-bf16' if s['precision'] == 'bf16' else ''  # a bf16 run is another experiment than the fp32 one
         def train(m, seed): return add(Cell(f"{s['dataset']}/train/{m}{low}/s{seed}", 'train', seed=seed, model=m, **rec), where)
         refs = _mapping(file, where, 'reference', e.get('reference'))
@@ -286,6 +288,8 @@ def expand_grid(spec:dict, file='grid spec', teachers=None) -> Plan:
                             a, b = chain[i - 1], chain[i]
                             base = default_hparams(m, a, b)
                             hp = {**base, **hps[m].get(None, {}), **hps[m].get(chain, {})}
+                            if s['gpus'] > 1 and (why := create_method(m, **hp).ddp_obstacle):
+                                _fail(file, f"{where}, method {m!r}", 'gpus', f"{m} cannot train in several processes: {why}; give it an experiment with gpus: 1")
                             name = m + ('-precomputed' if v == 'precomputed' else '') + (f'-{_hash(hp)}' if hp != base else '') + low
                             prev = add(Cell(f"{s['dataset']}/distill/{'_'.join(chain[:i + 1])}/{name}/s{sd}", 'distill', seed=sd, teacher=a, student=b,
                                             method=m, hparams=hp, teacher_logits=v, after=[] if meth.trains_teacher or prev is None else [prev],
