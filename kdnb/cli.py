@@ -160,7 +160,7 @@ def _models(a):
         print(f'{n:18s} {count_parameters(create_model(n)) / 1e6:6.2f}M (100 classes)' + (f'   RepDistiller/mdistiller: {aka}' if aka else ''))
 
 def _methods(a):
-    from kdnb.distill import list_methods, create_method
+    from kdnb.methods import list_methods, create_method
     for n in list_methods():  # every hyper-parameter with its default, the optional ones included, and the paper
         m = create_method(n)
         print(f'{n:12s} {m.family:12s} {m.hparams(every=True)}' + (f'   [{m.paper}]' if m.paper else ''))
@@ -181,7 +181,7 @@ def _distill(a):
         run = dict(student=a.student, teacher=a.teacher, method=methods[0], teacher_ckpt=ckpt, teacher_logits=a.teacher_logits, **_common(a), **hp)
         return _report(_run('kdnb.distill:distill_model', run, a.gpus), a.out)
     if a.gpus > 1: raise KdnbError("fused students train in one process; pass one method with --gpus, or leave out --gpus")
-    from kdnb.distill import create_method
+    from kdnb.methods import create_method
     from kdnb.fused import distill_fused
     takes = [set(create_method(m).hparams(every=True)) for m in methods]
     unused = [k for k in hp if not any(k in t for t in takes)]

@@ -177,7 +177,7 @@ def api_page(modidx:dict) -> str:
 # %% ../nbs/19_docs.ipynb #fc51d2ad
 def method_family_pages() -> dict[str, tuple[str, str]]:
     "Markdown pages of the registered methods, one per family: {file name: (title, page)}."
-    from kdnb.distill import METHODS, METHOD_FAMILIES, create_method
+    from kdnb.methods import METHODS, METHOD_FAMILIES, create_method
     by_family = {}
     for name in METHODS.names(): by_family.setdefault(create_method(name).family, []).append(name)
     pages = {}

@@ -70,7 +70,7 @@ def test_crd_grid_dry_run(tmp_path, cifar100):
     (teachers/'resnet32x4_vanilla').mkdir(parents=True); (teachers/'resnet32x4_vanilla'/'ckpt_epoch_240.pth').write_bytes(b'')
     out = run_main('grid', 'run', spec, '--out', tmp_path/'run', '--dry-run', '--teachers', teachers, check=True).stdout
     from kdnb.grid import load_plan
-    from kdnb.distill import list_methods
+    from kdnb.methods import list_methods
     methods, same_width = set(list_methods()) - {'CE'}, {'FSP', 'KDSVD'}  # CE is the Student row
     n = 13 * len(methods - same_width) + 6 * len(same_width)  # 7 + 6 pairs; the same-width methods on 6 of the 7 same-type pairs
     assert f'grids/crd.yaml: {n + 9} cells (9 from scratch, {n} distillation)' in out.replace(str(ROOT) + '/', '')

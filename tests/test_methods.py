@@ -1,6 +1,7 @@
 "The method zoo from outside: `kdnb methods` lists every method, and methods with state (DKD's warm-up, VID's variances) resume exactly."
 import pandas as pd, pytest, torch
-from kdnb.distill import list_methods, create_method, distill_model
+from kdnb.methods import list_methods, create_method
+from kdnb.distill import distill_model
 from kdnb.models.core import create_model
 import kdnb.train
 
@@ -48,7 +49,7 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, method, 
 
 def test_plugin_declaring_only_features_never_gets_precomputed_logits(tmp_path):
     "A method that sets only `needs_features` (as a plugin would) is refused pre-computed or cached logits, before training."
-    from kdnb.distill import Method, register_method, METHODS
+    from kdnb.methods import Method, register_method, METHODS
     from kdnb.core import KdnbError
     @register_method('FeatOnlyProbe')
     class FeatOnly(Method):

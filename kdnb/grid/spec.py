@@ -31,7 +31,7 @@ def _fail(file, where, fld, msg): raise SpecError(f"{file}: {where}, field '{fld
 # %% ../../nbs/12_grid.ipynb #1b4a4580
 def _method_uses(method:str|None) -> str:
     "The features a method takes from the two networks, as it describes itself (`Method.uses`)."
-    from kdnb.distill import METHODS
+    from kdnb.methods import METHODS
     return METHODS[method].uses if method else ''
 
 @dataclass
@@ -171,7 +171,7 @@ def _mapping(file, where, fld, v) -> dict:
 # %% ../../nbs/12_grid.ipynb #d6425c93
 def _method_hparams(file, where, method, spec_hp:dict, pairs) -> dict:
     "Split `hparams: {METHOD: ...}` into {(teacher, student) or None: overrides}, checking every name."
-    from kdnb.distill import create_method
+    from kdnb.methods import create_method
     per = {}
     for k, v in _mapping(file, where, 'hparams', spec_hp).items():
         if '->' in str(k):
@@ -214,7 +214,8 @@ def _hash(d:dict) -> str: return hashlib.sha1(json.dumps(d, sort_keys=True).enco
 
 def expand_grid(spec:dict, file='grid spec', teachers=None) -> Plan:
     "Check `spec` and expand it into its cells (dependencies first) and table entries; `teachers`: a folder of downloaded teachers."
-    from kdnb.distill import METHODS, create_method, default_hparams
+    from kdnb.methods import METHODS, create_method
+    from kdnb.distill import default_hparams
     file = str(file)
     for k in spec:
         if k not in GRID_KEYS: _fail(file, 'top level', k, f"unknown field; allowed: {', '.join(sorted(GRID_KEYS))}")
