@@ -147,8 +147,6 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument('--workers', type=positive, default=2, help='notebooks executed at a time')
     o.add_argument('--force', action='store_true', help='re-execute notebooks whose saved outputs are up to date')
     o.add_argument('--results', type=Path, help='a grid output folder whose table goes on the benchmark page')
-    x = gs.add_parser('exec', help=argparse.SUPPRESS)  # one cell, in a worker process of `grid run`
-    x.add_argument('out', type=Path); x.add_argument('params'); x.add_argument('--notebook', type=Path)
     return p
 
 # %% ../nbs/20_cli.ipynb #aadc83d1
@@ -236,14 +234,6 @@ def _grid_table(a):
     md, csv = written[0] if len(a.out) == 1 else write_report(a.out, a.report)
     print(md.read_text()); print(f"written: {md} and {csv}" + (', and table.md/table.csv in each grid directory' if len(a.out) > 1 else ''))
 
-def _grid_exec(a):
-    import json
-    from kdnb.grid import execute_cells
-    params = json.loads(a.params)
-    outcomes = execute_cells(a.out, params if isinstance(params, list) else [params], a.notebook)
-    for o in outcomes: print(json.dumps(o), flush=True)  # the runner reads one line per cell
-    return max({'done': 0, 'locked': 75}.get(o['status'], 1) for o in outcomes)
-
 def _bench(a):
     from kdnb.bench import run_bench, run_fused_bench, data_bench, MAIN_METHODS
     if a.data: return data_bench(a.data, a.data_root, a.bs, a.workers, a.steps or 20) and None
@@ -258,7 +248,7 @@ def _docs(a):
     from kdnb.docs import build_docs
     build_docs(a.out, a.execute, a.workers, a.force, a.results)
 
-GRID_COMMANDS = dict(run=_grid_run, table=_grid_table, exec=_grid_exec)
+GRID_COMMANDS = dict(run=_grid_run, table=_grid_table)
 def _grid(a): return GRID_COMMANDS[a.grid_cmd](a)
 
 COMMANDS = dict(models=_models, methods=_methods, datasets=_datasets, train=_train, distill=_distill, demo=_demo, grid=_grid, bench=_bench, docs=_docs)

@@ -91,10 +91,11 @@ def test_grid_cell_with_gpus_takes_that_many_slots(tmp_path, monkeypatch):
     spec = tmp_path/'g.yaml'; spec.write_text(GPUS2)
     monkeypatch.setattr(runner, '_gpu_count', lambda: 3)
     envs = []
-    class Child:
-        returncode = 0
-        def poll(self): return None
-    monkeypatch.setattr(runner.subprocess, 'Popen', lambda args, env, **kw: (envs.append(env), Child())[1])
+    class Worker:  # a cell's worker process, still running
+        def __init__(self, env, out, params, notebook=None): envs.append(env)
+        def outcomes(self): return None
+        def kill(self): pass
+    monkeypatch.setattr(runner, 'Worker', Worker)
     cell = grid.load_plan(spec).cells[0]
     assert cell.gpus == 2 and grid.cell_parameters(cell, tmp_path)['gpus'] == 2 and '2 GPUs' in cell.describe()
     b = grid.LocalBackend(tmp_path)

@@ -174,10 +174,11 @@ def test_one_local_worker_per_gpu(tmp_path, monkeypatch):
     import kdnb.grid as grid, kdnb.grid.runner as runner
     monkeypatch.setattr(runner, '_gpu_count', lambda: 3)
     envs = []
-    class Child:
-        returncode = 0
-        def poll(self): return 0
-    monkeypatch.setattr(runner.subprocess, 'Popen', lambda args, env, **kw: (envs.append(env), Child())[1])
+    class Worker:  # a cell's worker process, ended at once
+        def __init__(self, env, out, params, notebook=None): envs.append(env)
+        def outcomes(self): return []
+        def kill(self): pass
+    monkeypatch.setattr(runner, 'Worker', Worker)
     b = grid.LocalBackend(tmp_path)
     assert (b.workers, b.device, b.free()) == (3, 'cuda', 3)
     cells = grid.load_plan(SMOKE).cells

@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/grid.runner.html.md"""
 
 # %% ../../nbs/12b_grid.runner.ipynb #924df899
 from __future__ import annotations
-import json, os, re, signal, socket, subprocess, sys, time, traceback
+import os, re, signal, socket, sys, time, traceback
 from pathlib import Path
 import kdnb
 from ..core import KdnbError, save_json, load_json, atomic_write, check_number, check_device
@@ -14,8 +14,8 @@ from .spec import Cell, Plan, load_plan
 from .store import (cell_dir, read_results, cell_state, cell_identity, identity_change, changed_cells, CellLock, is_locked, log_event)
 
 # %% auto #0
-__all__ = ['BACKENDS', 'experiment_notebook', 'cell_parameters', 'execute_cells', 'execute_cell', 'LocalBackend', 'RayBackend',
-           'check_data', 'describe_plan', 'check_teachers', 'run_grid']
+__all__ = ['BACKENDS', 'experiment_notebook', 'cell_parameters', 'execute_cells', 'execute_cell', 'Worker', 'LocalBackend',
+           'RayBackend', 'check_data', 'describe_plan', 'check_teachers', 'run_grid']
 
 # %% ../../nbs/12b_grid.runner.ipynb #1544c57b
 def experiment_notebook() -> Path:
@@ -123,8 +123,40 @@ def _gpu_count() -> int:
     import torch
     return torch.cuda.device_count()
 
+def _work(env:dict, out:str, params:list[dict], notebook:str|None, log:str, conn):
+    "A worker process: its slot's environment (set before any CUDA use), its output in `log`, the cells' outcomes sent through `conn`."
+    os.environ.update(env)
+    _die_with_parent()
+    with open(log, 'a') as f:
+        os.dup2(f.fileno(), 1); os.dup2(f.fileno(), 2)  # the kernel papermill starts writes there too
+        try: outcomes = execute_cells(out, params, notebook)
+        except BaseException as e: outcomes = [dict(cell=p['cell_id'], status='failed', error=f"{type(e).__name__}: {e}") for p in params]
+        sys.stdout.flush(); sys.stderr.flush()
+    conn.send(outcomes)
+
+class Worker:
+    "Cells (one, or a fused group) executed in a spawned process with the environment `env`; `outcomes()` once it has ended."
+    def __init__(self, env:dict, out, params:list[dict], notebook=None):
+        import multiprocessing
+        ctx = multiprocessing.get_context('spawn')  # a fresh interpreter: its own GPUs, no CUDA or thread state inherited
+        self.cells, self.log = [p['cell_id'] for p in params], cell_dir(out, params[0]['cell_id'])/'exec.log'
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.conn, child = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=_work, args=(env, str(out), params, notebook and str(notebook), str(self.log), child))
+        self.process.start(); child.close()
+    def outcomes(self) -> list[dict]|None:
+        "One outcome per cell once the worker has ended (a worker that died without reporting: its cells failed); None while it runs."
+        if self.conn.poll():
+            try: res = self.conn.recv()
+            except EOFError: res = None
+            self.process.join()
+            if res is not None: return res
+        if self.process.exitcode is None: return None
+        return [dict(cell=c, status='failed', error=f"worker exited with code {self.process.exitcode}; see {self.log}") for c in self.cells]
+    def kill(self): self.process.kill(); self.process.join()
+
 class LocalBackend:
-    "Cells as child processes: one per GPU, or `workers` on the CPU; a cell with `gpus: N` takes N slots (its DDP processes)."
+    "Cells as worker processes: one per GPU, or `workers` on the CPU; a cell with `gpus: N` takes N slots (its DDP processes)."
     def __init__(self, out, workers:int|None=None, device:str|None=None, notebook=None, address:str|None=None):
         if address: raise KdnbError("--address is for --backend ray; the local backend runs cells on this machine")
         gpus = 0 if device == 'cpu' else _gpu_count()
@@ -132,7 +164,7 @@ class LocalBackend:
         self.slots = [dict(CUDA_VISIBLE_DEVICES=str(i % gpus)) if gpus else
                       dict(OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // self.workers))) for i in range(self.workers)]
         self.device = 'cuda' if gpus else 'cpu'
-        self.out, self.notebook, self.running = Path(out), notebook, {}  # slots -> (cell ids, Popen, log file)
+        self.out, self.notebook, self.running = Path(out), notebook, {}  # slots -> Worker
         self.label = f"{self.workers} local worker{'s' * (self.workers > 1)} on {'GPU' if gpus else 'CPU'}"
     def free(self) -> int: return self.workers - sum(map(len, self.running))
     def slot_env(self, slots:tuple) -> dict:
@@ -145,31 +177,16 @@ class LocalBackend:
         taken = {i for s in self.running for i in s}
         slots = tuple([i for i in range(self.workers) if i not in taken][:cells[0].gpus])
         params = [{**p, 'device': p.get('device') or self.device} for p in params]
-        args = [sys.executable, '-c', 'import sys; from kdnb.cli import main; sys.exit(main())', 'grid', 'exec', str(self.out), json.dumps(params)]
-        if self.notebook: args += ['--notebook', str(self.notebook)]
-        log = cell_dir(self.out, cells[0].id); log.mkdir(parents=True, exist_ok=True)
-        f = open(log/'exec.log', 'a')  # the child's output; each cell's outcome is a line of its own
-        p = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **self.slot_env(slots)}, preexec_fn=_die_with_parent)
-        self.running[slots] = ([c.id for c in cells], p, f)
+        self.running[slots] = Worker(self.slot_env(slots), self.out, params, self.notebook)
     def poll(self, timeout:float) -> list[dict]:
         end, done = time.time() + timeout, []
         while not done and time.time() < end:
-            for slot, (cids, p, f) in list(self.running.items()):
-                if p.poll() is None: continue
-                f.close(); del self.running[slot]
-                found = {}
-                for line in Path(f.name).read_text(errors='replace').splitlines():
-                    if not line.startswith('{"cell"'): continue
-                    try: o = json.loads(line)
-                    except json.JSONDecodeError: continue
-                    found[o['cell']] = o
-                done += [found.get(cid) or dict(cell=cid, status='failed', error=f"worker exited with code {p.returncode}; see {cell_dir(self.out, cids[0])/'exec.log'}")
-                         for cid in cids]
+            for slots, w in list(self.running.items()):
+                if (res := w.outcomes()) is not None: done += res; del self.running[slots]
             if not done: time.sleep(min(0.2, timeout))
         return done
     def close(self):
-        for cids, p, f in self.running.values():
-            p.kill(); p.wait(); f.close()
+        for w in self.running.values(): w.kill()
         self.running = {}
 
 # %% ../../nbs/12b_grid.runner.ipynb #88f07bf4
