@@ -82,7 +82,7 @@ class KdnbLoop:
     "kdnb's distiller with `speed` in `precision`, one student per method (several: one fused run); `time(n)` runs `n` steps and returns their seconds (`build_s`: the teacher cache's build time)."
     def __init__(self, teacher_name, student_name, ds:ImageArrayDataset, speed:str, precision:str='fp32', bs:int=64, device='cpu',
                  workers:int=4, cache_images:int|None=None, methods=('KD',)):
-        from kdnb.distill import distill_learner, make_method, DistillationModel
+        from kdnb.distill import distill_learner, make_method, DistillationModel, CachedTeacher
         from kdnb.fused import fused_learner
         sp, self.device, self.build_s = parse_speed(speed, device, precision), device, None
         nc = int(ds.labels.max()) + 1
@@ -101,12 +101,13 @@ class KdnbLoop:
             cache = load_or_build_cache(teacher, ckpt, dls.train, bf16=sp.bf16)
             _sync(device); self.build_s = time.perf_counter() - t0
         recipe, made = Recipe(epochs=1000, milestones=(1000,)), [make_method(m, teacher_name, student_name)[0] for m in methods]
+        source = CachedTeacher(cache) if cache is not None else None  # None: the teacher's forward pass
         for s in students: prepare_models(sp, s, teacher)
-        if len(methods) == 1: self.learn, self.lr = distill_learner(dls, students[0], teacher, made[0], recipe, tempfile.mkdtemp(), speed=sp, cache=cache)
+        if len(methods) == 1: self.learn, self.lr = distill_learner(dls, students[0], teacher, made[0], recipe, tempfile.mkdtemp(), source, speed=sp)
         else:
             for m in made: m.attach_data(dls.train.dataset)
             members = [DistillationModel(s, teacher, m) for s, m in zip(students, made)]
-            self.learn, self.lr = fused_learner(dls, members, teacher, recipe, tempfile.mkdtemp(), speed=sp, cache=cache), recipe.lr
+            self.learn, self.lr = fused_learner(dls, members, teacher, recipe, tempfile.mkdtemp(), source, speed=sp), recipe.lr
         self.batches = len(dls.train)
     def time(self, n:int) -> float:
         timer = StepTimer(2, n, self.device)

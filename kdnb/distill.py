@@ -23,9 +23,10 @@ from .distributed import unwrap, world_size, process_mean, process_device, distr
 from .methods import Method, METHODS, create_method
 
 # %% auto #0
-__all__ = ['PAIR_HPARAMS', 'default_hparams', 'logits_features', 'DistillationModel', 'set_context', 'Distiller', 'PeerAccuracy',
-           'load_teacher', 'distill_learner', 'precompute_teacher_logits', 'make_method', 'distill_speed',
-           'distill_config', 'frozen_teacher_sources', 'distill_model', 'run_pre_stages']
+__all__ = ['PAIR_HPARAMS', 'default_hparams', 'logits_features', 'DistillationModel', 'TeacherSource', 'OnlineTeacher',
+           'PeerTeacher', 'PrecomputedTeacher', 'CachedTeacher', 'default_source', 'set_context', 'Distiller',
+           'PeerAccuracy', 'load_teacher', 'distill_learner', 'precompute_teacher_logits', 'make_method',
+           'distill_speed', 'distill_config', 'teacher_source', 'distill_model', 'run_pre_stages']
 
 # %% ../nbs/10_distill.ipynb #dac2f577
 PAIR_HPARAMS = {('SRDwithDIST', 'WRN-40-4', 'WRN-16-2'): {'beta': 4.},
@@ -77,6 +78,44 @@ def _example_features(net, x, preact:bool=False):
         with FeatureHooks(net, preact=preact, detach=True) as h: return h.features(net(x))
     finally: net.train(was)
 
+# %% ../nbs/10_distill.ipynb #a847daa7
+class TeacherSource:
+    "Where the teacher's logits of a training batch come from; `net`: the network feature hooks attach to, if there is one."
+    net: nn.Module|None = None
+    def to(self, device) -> TeacherSource: return self
+    def logits(self, learn:Learner) -> torch.Tensor: raise NotImplementedError
+
+class OnlineTeacher(TeacherSource):
+    "The frozen teacher's forward pass on the batch (under `no_grad` if its hooks record `features`, else `inference_mode`)."
+    def __init__(self, net:nn.Module, features:bool=False): self.net, self.features = net, features
+    def to(self, device): self.net.to(device).eval().requires_grad_(False); return self
+    def logits(self, learn):
+        if self.features:
+            with torch.no_grad(): return self.net(*learn.xb)
+        with torch.inference_mode(): z = self.net(*learn.xb)
+        return z.clone()  # a normal tensor again, usable by autograd
+
+class PeerTeacher(TeacherSource):
+    "DML's peer: it trains inside the model, and its logits come from the model's forward pass."
+    def __init__(self, net:nn.Module): self.net = net
+    def logits(self, learn): return unwrap(learn.model).peer_logits
+
+class PrecomputedTeacher(TeacherSource):
+    "Logits computed before training, one view per training image (`precompute_teacher_logits`), looked up by dataset index."
+    def __init__(self, table:torch.Tensor): self.table = table
+    def to(self, device): self.table = self.table.to(device); return self
+    def logits(self, learn): return self.table[learn.batch_index]
+
+class CachedTeacher(TeacherSource):
+    "The exact logits of each crop-and-flip view, from the teacher cache (`kdnb.fast.TeacherCache`)."
+    def __init__(self, cache): self.cache = cache
+    def logits(self, learn): return self.cache.lookup(learn.batch_index, learn.batch_view)
+
+def default_source(teacher:nn.Module, methods:list[Method]) -> TeacherSource:
+    "A DML peer, or the teacher's forward pass (recording features if a method reads them)."
+    if any(m.trains_teacher for m in methods): return PeerTeacher(teacher)
+    return OnlineTeacher(teacher, features=any(m.needs_features for m in methods))
+
 # %% ../nbs/10_distill.ipynb #8455d6cc
 def set_context(m:Method, l:Learner):
     "Tell method `m` where the training of `l` is: epoch, stage length, step and the batch's dataset indices."
@@ -84,21 +123,17 @@ def set_context(m:Method, l:Learner):
     m.step, m.batch_index = m.epoch * l.n_iter + l.iter, getattr(l, 'batch_index', None)
 
 class Distiller(Callback):
-    "Run `teacher` beside the student on every training batch and train on the method's loss terms."
+    "Take the teacher's logits of every training batch from `source` (and its features, through hooks on its network) and train on the method's loss terms."
     order = 5  # after DatasetIndexCallback and TrainEval, before Recorder (metric names)
-    def __init__(self, teacher:nn.Module, teacher_logits:torch.Tensor|None=None, cache=None):
-        self.teacher, self.teacher_logits, self.cache = teacher, teacher_logits, cache
+    def __init__(self, source:TeacherSource): self.source = source
     @property
     def method(self) -> Method: return unwrap(self.learn.model).method
     def before_fit(self):
-        dev = next(self.learn.model.parameters()).device
-        self.teacher.to(dev)
-        if not self.method.trains_teacher: self.teacher.eval().requires_grad_(False)
-        if self.teacher_logits is not None: self.teacher_logits = self.teacher_logits.to(dev)
+        self.source.to(next(self.learn.model.parameters()).device)
         self.s_hooks = self.t_hooks = None
         if self.method.needs_features:
             self.s_hooks = FeatureHooks(self.learn.model.student, preact=self.method.preact_student)
-            self.t_hooks = FeatureHooks(self.teacher, preact=self.method.preact_teacher, detach=not self.method.trains_teacher)
+            self.t_hooks = FeatureHooks(self.source.net, preact=self.method.preact_teacher, detach=not self.method.trains_teacher)
         self.sums = {k: 0. for k in self.method.terms}; self.count = 0
         names = set(self.learn.metrics.attrgot('name'))
         self.learn.metrics += [ValueMetric(self._avg(k), k) for k in self.method.terms if k not in names]
@@ -111,17 +146,9 @@ class Distiller(Callback):
         set_context(self.method, self.learn)
     def after_pred(self):
         if not self.training: return
-        t_logits = unwrap(self.learn.model).peer_logits if self.method.trains_teacher else self.frozen_teacher_logits(self.method.needs_features)
+        t_logits = self.source.logits(self.learn)
         self.t_feats = self.t_hooks.features(t_logits) if self.t_hooks else logits_features(t_logits)
         self.s_feats = self.s_hooks.features(self.pred) if self.s_hooks else logits_features(self.pred)
-    def frozen_teacher_logits(self, features:bool) -> torch.Tensor:
-        "This training batch's logits of the frozen teacher: pre-computed, cached, or its forward pass (with its hooks recording if `features`)."
-        if self.teacher_logits is not None: return self.teacher_logits[self.learn.batch_index]
-        if self.cache is not None: return self.cache.lookup(self.learn.batch_index, self.learn.batch_view)
-        if features:
-            with torch.no_grad(): return self.teacher(*self.xb)
-        with torch.inference_mode(): t_logits = self.teacher(*self.xb)
-        return t_logits.clone()  # a normal tensor again, usable by autograd
     def after_loss(self):
         if not self.training: return
         terms = self.method(self.s_feats, self.t_feats, self.y, self.learn.loss_grad)
@@ -160,7 +187,7 @@ def load_teacher(name:str, ckpt=None, num_classes:int=100, download:bool=False) 
     return create_model(name, num_classes, checkpoint_path=ckpt, download=download)  # one loader for every format, and one error naming both networks
 
 def distill_learner(dls, student:nn.Module, teacher:nn.Module, method:Method, recipe:Recipe, out,
-                    teacher_logits=None, speed:Speed|None=None, cache=None, sync_bn:bool=False):
+                    source:TeacherSource|None=None, speed:Speed|None=None, sync_bn:bool=False):
     "A `Learner` that distils `teacher` into `student` with `method` (a DML peer trains with the student's recipe); returns (learn, lr)."
     method.attach_data(dls.train.dataset)  # before the model is built: a method's state may have one slot per training image (CRD)
     size = getattr(dls, 'image_size', 32)
@@ -169,7 +196,7 @@ def distill_learner(dls, student:nn.Module, teacher:nn.Module, method:Method, re
     if method.trains_teacher:
         from kdnb.train import top1, top5
         metrics = [top1, top5, PeerAccuracy()]
-    return make_learner(dls, model, recipe, out, cbs=[Distiller(teacher, teacher_logits, cache)], metrics=metrics, speed=speed,
+    return make_learner(dls, model, recipe, out, cbs=[Distiller(source or default_source(teacher, [method]))], metrics=metrics, speed=speed,
                         opt_func=method.optimizer(recipe), sync_bn=sync_bn), recipe.lr
 
 # %% ../nbs/10_distill.ipynb #563ca0eb
@@ -223,11 +250,11 @@ def distill_config(m:Method, hp:dict, s_net, t_net, teacher_ckpt, teacher_logits
     config['milestones'] = list(recipe.milestones)
     return config
 
-def frozen_teacher_sources(t_net, teacher_ckpt, teacher_logits:str, dls, sp:Speed, progress:bool=True) -> tuple:
-    "(pre-computed logits, logit cache): where a frozen teacher's logits come from when not from its forward pass."
-    cached = precompute_teacher_logits(t_net, dls) if teacher_logits == 'precomputed' else None
-    cache = load_or_build_cache(t_net, teacher_ckpt, dls.train, bf16=sp.bf16, progress=progress) if sp.teacher_cache else None
-    return cached, cache
+def teacher_source(t_net, methods:list[Method], teacher_logits:str, teacher_ckpt, dls, sp:Speed, progress:bool=True) -> TeacherSource:
+    "Where the run's teacher logits come from, chosen once: pre-computed, the teacher cache, or `default_source` (a peer, the forward pass)."
+    if teacher_logits == 'precomputed': return PrecomputedTeacher(precompute_teacher_logits(t_net, dls))
+    if sp.teacher_cache: return CachedTeacher(load_or_build_cache(t_net, teacher_ckpt, dls.train, bf16=sp.bf16, progress=progress))
+    return default_source(t_net, methods)
 
 def distill_model(student:str, teacher:str, method:str='KD', teacher_ckpt=None, dataset:str='cifar10-subset',
                   out='runs/distill', epochs:int|None=None, resume:bool=False, data_root=None, lr:float|None=None,
@@ -251,9 +278,9 @@ def distill_model(student:str, teacher:str, method:str='KD', teacher_ckpt=None, 
     config = distill_config(m, hp, s_net, t_net, teacher_ckpt, teacher_logits, dataset, dls, seed, max_items, sp, recipe)
     out = Path(out)
     start = run_pre_stages(dls, s_net, t_net, m, recipe, out, config, resume, progress)
-    cached, cache = frozen_teacher_sources(t_net, teacher_ckpt, teacher_logits, dls, sp, progress)
+    source = teacher_source(t_net, [m], teacher_logits, teacher_ckpt, dls, sp, progress)
     prepare_models(sp, s_net, t_net)
-    learn, lr = distill_learner(dls, s_net, t_net, m, recipe, out, cached, speed=sp, cache=cache, sync_bn=sync_bn)
+    learn, lr = distill_learner(dls, s_net, t_net, m, recipe, out, source, speed=sp, sync_bn=sync_bn)
     return fit_run(learn, recipe, out, config, resume, progress, lr=lr, start=start)
 
 def run_pre_stages(dls, student, teacher, method:Method, recipe:Recipe, out, config:dict, resume:bool=False, progress:bool=True) -> dict|None:

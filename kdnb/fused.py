@@ -19,7 +19,7 @@ from .train import (Recipe, reference_recipe, make_learner, top1, top5, run_epoc
                     make_run_dataloaders, seed_training, random_state, set_random_state, fit_epochs, run_results, write_epoch)
 from .fast import prepare_models
 from .distributed import world_size
-from .distill import (DistillationModel, Distiller, logits_features, make_method, distill_speed, distill_config, frozen_teacher_sources,
+from .distill import (DistillationModel, Distiller, logits_features, make_method, distill_speed, distill_config, teacher_source, default_source,
                       run_pre_stages, load_teacher, set_context, distill_model)
 
 # %% auto #0
@@ -53,13 +53,10 @@ class FusedDistiller(Distiller):
     @property
     def members(self): return self.learn.model.members
     def before_fit(self):
-        dev = next(self.learn.model.parameters()).device
-        self.teacher.to(dev).eval().requires_grad_(False)
-        if self.teacher_logits is not None: self.teacher_logits = self.teacher_logits.to(dev)
+        self.source.to(next(self.learn.model.parameters()).device)
         methods = [m.method for m in self.members]
-        self.features = any(m.needs_features for m in methods)
         self.s_hooks = [FeatureHooks(m.student, preact=m.method.preact_student) if m.method.needs_features else None for m in self.members]
-        self.t_hooks = {p: FeatureHooks(self.teacher, preact=p, detach=True) for p in {m.preact_teacher for m in methods if m.needs_features}}
+        self.t_hooks = {p: FeatureHooks(self.source.net, preact=p, detach=True) for p in {m.preact_teacher for m in methods if m.needs_features}}
         self.labels = member_labels([m.method_name for m in methods])
         self.reset()
         self.learn.metrics = [member_metric(k, fn, f'{lab}:{n}') for k, lab in enumerate(self.labels)
@@ -77,7 +74,7 @@ class FusedDistiller(Distiller):
         for m in self.members: set_context(m.method, self.learn)
     def after_pred(self):
         if not self.training: return
-        self.t_logits = self.frozen_teacher_logits(self.features)
+        self.t_logits = self.source.logits(self.learn)
         self.t_feats = {p: h.features(self.t_logits) for p, h in self.t_hooks.items()}
         self.s_feats = [h.features(p) if h else logits_features(p) for h, p in zip(self.s_hooks, self.pred)]
     def after_loss(self):
@@ -113,9 +110,9 @@ def fused_opt_state(states:list[dict]) -> dict:
         groups.append({**g, 'params': [n + i for i in g['params']]}); n += len(g['params'])
     return {'state': state, 'param_groups': groups}
 
-def fused_learner(dls, members:list[DistillationModel], teacher:nn.Module, recipe:Recipe, out, teacher_logits=None, speed=None, cache=None):
+def fused_learner(dls, members:list[DistillationModel], teacher:nn.Module, recipe:Recipe, out, source=None, speed=None):
     "A `Learner` training `members` (each a `DistillationModel` of `teacher`) together: one teacher pass per batch, one parameter group per member."
-    learn = make_learner(dls, FusedStudents(members), recipe, out, cbs=[FusedDistiller(teacher, teacher_logits, cache)], speed=speed,
+    learn = make_learner(dls, FusedStudents(members), recipe, out, cbs=[FusedDistiller(source or default_source(teacher, [m.method for m in members]))], speed=speed,
                          splitter=lambda model: [trainable_params(m) for m in model.members])
     learn.loss_func = fused_ce
     return learn
@@ -210,9 +207,9 @@ def distill_fused(student:str, teacher:str, methods:list[str], teacher_ckpt=None
         elif todo:
             starts = [None if ckpts[k] else run_pre_stages(dls, members[k].student, t_net, members[k].method, recipe, outs[k], configs[k],
                                                             resume, progress) for k in todo]
-            cached, cache = frozen_teacher_sources(t_net, teacher_ckpt, teacher_logits, dls, sp, progress)
+            source = teacher_source(t_net, [members[k].method for k in todo], teacher_logits, teacher_ckpt, dls, sp, progress)
             for k in todo: prepare_models(sp, members[k].student, t_net)
-            learn = fused_learner(dls, [members[k] for k in todo], t_net, recipe, outs[todo[0]].parent, cached, sp, cache)
+            learn = fused_learner(dls, [members[k] for k in todo], t_net, recipe, outs[todo[0]].parent, source, sp)
             try: fit_fused(learn, recipe, [outs[k] for k in todo], [configs[k] for k in todo], [ckpts[k] for k in todo], starts, progress)
             except KdnbError as e:  # e.g. one method's loss turned non-finite: the others must not be lost with it
                 print(f"note: the fused run stopped ({e}); each unfinished student finishes alone, from its last checkpoint"); alone = todo
