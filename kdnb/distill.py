@@ -16,7 +16,8 @@ from fastai.callback.core import Callback
 from fastai.learner import Learner, ValueMetric, Metric
 from fastai.torch_core import set_seed, default_device
 from .models.core import Features, FeatureHooks, feature_spec, create_model
-from .train import Recipe, reference_recipe, make_learner, fit_run, load_checkpoint, make_run_dataloaders, run_epoch
+from .train import Recipe, reference_recipe, make_learner, fit_run, make_run_dataloaders, run_epoch
+from .runs import load_checkpoint
 from .fast import Speed, parse_speed, prepare_models, load_or_build_cache
 from .distributed import unwrap, world_size, process_mean, process_device, distributed_speed
 # the registry, re-exported for `from kdnb.distill import create_method`; importing `kdnb.methods` registers every method

@@ -15,8 +15,9 @@ from fastai.torch_core import set_seed, trainable_params
 from fastai.callback.core import Callback
 from .core import KdnbError, DirLock, save_json, load_json
 from .models.core import FeatureHooks, create_model
-from .train import (Recipe, reference_recipe, make_learner, top1, top5, run_epoch, prepare_run_dir, run_dir, check_batches, load_weights,
-                    make_run_dataloaders, seed_training, random_state, set_random_state, fit_epochs, run_results, write_epoch)
+from .train import (Recipe, reference_recipe, make_learner, top1, top5, run_epoch, check_batches, make_run_dataloaders,
+                    seed_training, random_state, set_random_state, fit_epochs)
+from .runs import prepare_run_dir, run_dir, load_weights, run_results, write_epoch
 from .fast import prepare_models
 from .distributed import world_size
 from .distill import (DistillationModel, Distiller, logits_features, make_method, distill_speed, distill_config, teacher_source, default_source,

@@ -6,12 +6,12 @@ Docs: https://kdnb-team.github.io/kdnb/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #30c7729a
 from __future__ import annotations
-from .core import KdnbError, atomic_write, save_json, load_json, save_torch, check_number, check_device, DirLock
-import math, os, random, sys, time, platform, subprocess
+from .core import KdnbError, check_number, check_device, DirLock, save_json
+import math, random, sys, time
 from dataclasses import dataclass, asdict
 from functools import partial, wraps
 from pathlib import Path
-import numpy as np, pandas as pd, torch, torch.nn as nn
+import numpy as np, torch, torch.nn as nn
 from fastai.learner import Learner
 from fastcore.basics import noop
 import fastai.callback.progress  # registers the fastprogress bar and `Learner.no_bar`
@@ -19,18 +19,16 @@ from fastai.optimizer import OptimWrapper
 from fastai.metrics import accuracy, top_k_accuracy
 from fastai.callback.core import Callback, CancelTrainException
 from fastai.torch_core import set_seed, default_device
-import kdnb
 from .data import make_dataloaders, DatasetIndexCallback
 from .fast import Speed, parse_speed, speed_callbacks, prepare_models, device_dataloaders
 from .distributed import DDPTrainer, world_size, is_main_process, unwrap, process_mean, process_device, process_batch, distributed_speed
 from .models.core import create_model
+from .runs import write_epoch, load_weights, run_dir, prepare_run_dir, run_results, load_json
 
 # %% auto #0
-__all__ = ['RECIPES', 'RUN_FILES', 'Recipe', 'reference_recipe', 'run_epoch', 'MultiStepLR', 'top1', 'top5', 'LossNotFinite',
-           'EpochLoss', 'random_state', 'set_random_state', 'seed_training', 'write_epoch', 'Checkpointer',
-           'load_checkpoint', 'load_weights', 'run_dir', 'prepare_run_dir', 'check_batches', 'one_process_per_run',
-           'make_learner', 'fit_run', 'fit_epochs', 'run_results', 'git_commit', 'versions', 'make_run_dataloaders',
-           'train_model']
+__all__ = ['RECIPES', 'Recipe', 'reference_recipe', 'run_epoch', 'MultiStepLR', 'top1', 'top5', 'LossNotFinite', 'EpochLoss',
+           'random_state', 'set_random_state', 'seed_training', 'Checkpointer', 'check_batches', 'one_process_per_run',
+           'make_learner', 'fit_run', 'fit_epochs', 'make_run_dataloaders', 'train_model']
 
 # %% ../nbs/07_train.ipynb #06cb0ab9
 @dataclass
@@ -133,12 +131,6 @@ def seed_training(learn, seed:int):
     # and which stages ran before must not change the batches a run sees
     set_seed(seed); learn.dls.train.rng.seed(seed)
 
-def write_epoch(out, history:list, model_state:dict, opt_state:dict, config:dict, rng:dict):
-    "A run's files after an epoch, each written atomically: `history.csv` and the `last.pt` a resume starts from."
-    out = Path(out)
-    with atomic_write(out/'history.csv') as f: pd.DataFrame(history).to_csv(f, index=False)
-    save_torch(dict(model=model_state, opt=opt_state, epoch=history[-1]['epoch'] + 1, config=config, history=history, rng=rng), out/'last.pt')
-
 class Checkpointer(Callback):
     "After each epoch: log metrics (`train_loss`: the epoch's mean loss) to `history.csv` and save `last.pt` in `out`, atomically."
     order = 70  # after the Recorder has the epoch's metrics
@@ -156,82 +148,7 @@ class Checkpointer(Callback):
         if is_main_process():  # the processes of a DDP run hold the same weights
             write_epoch(self.out, self.history, unwrap(self.learn.model).state_dict(), self.opt.state_dict(), self.config, random_state(self.learn))
 
-# %% ../nbs/07_train.ipynb #4ff1de93
-def load_checkpoint(path) -> dict:
-    "Load a kdnb checkpoint (or a bare `state_dict`, as {'model': it}) whatever its file name, or raise a `KdnbError` saying what is wrong with it."
-    path = Path(path)
-    if not path.exists(): raise KdnbError(f"checkpoint {path} does not exist; pass the path of a run's last.pt")
-    if path.is_dir(): raise KdnbError(f"checkpoint {path} is a folder; pass the checkpoint file in it (e.g. {path/'last.pt'})")
-    try: ckpt = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e:
-        raise KdnbError(f"checkpoint {path} is corrupt or truncated, or not a PyTorch file ({type(e).__name__}); delete it to "
-                        "start that run again, or restore an intact copy") from None
-    if isinstance(ckpt, dict) and 'model' not in ckpt and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        ckpt = {'model': ckpt}  # a bare state_dict
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
-        raise KdnbError(f"{path} is not a kdnb checkpoint (no 'model' weights in it); pass a run's last.pt or a saved state_dict")
-    return ckpt
-
-def load_weights(model:nn.Module, ckpt:dict, path='checkpoint'):
-    "Load `ckpt['model']` into `model`, naming the mismatch if the architectures or class counts differ."
-    cfg, want = ckpt.get('config', {}), model.state_dict()
-    have = ckpt['model']
-    if set(have) != set(want):
-        raise KdnbError(f"{path} holds weights of {cfg.get('model', 'another architecture')}, which do not fit "
-                        f"{getattr(model, 'name', type(model).__name__)}; pass the matching model name")
-    bad = [k for k in want if have[k].shape != want[k].shape]
-    if bad:
-        raise KdnbError(f"{path} was saved for {cfg.get('model', '?')} with {cfg.get('num_classes', '?')} classes, but this "
-                        f"model has {getattr(model, 'num_classes', '?')} (shape mismatch in {bad[0]}); use the checkpoint's "
-                        "dataset/class count or another checkpoint")
-    model.load_state_dict(have)
-    return model
-
 # %% ../nbs/07_train.ipynb #a166c40f
-RUN_FILES = ('last.pt', 'history.csv', 'results.json')  # what training leaves; config.json alone is only a start
-
-def run_dir(out) -> Path:
-    "`out` as a folder kdnb can write into (created if needed), or a `KdnbError` if it is a file or read-only."
-    out = Path(out)
-    if out.exists() and not out.is_dir(): raise KdnbError(f"--out {out} is a file, not a folder; choose a folder for the run")
-    try: out.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise KdnbError(f"cannot create the run folder {out} ({e.strerror}); choose another --out") from None
-    if not os.access(out, os.W_OK | os.X_OK): raise KdnbError(f"cannot write into {out} (no permission); choose another --out")
-    return out
-
-def _stored_config(out:Path) -> dict|None:
-    "The config of the run in `out`: config.json, or, if that is lost or corrupt, the copy its checkpoint holds."
-    try: return load_json(out/'config.json')
-    except (KdnbError, OSError): pass
-    if (out/'last.pt').exists(): return load_checkpoint(out/'last.pt').get('config')
-
-def prepare_run_dir(out, config:dict, resume:bool) -> dict|None:
-    "Check `out` for `config`; return the checkpoint to resume from (or None to start fresh)."
-    out = run_dir(out)
-    trained = [f for f in RUN_FILES if (out/f).exists()]
-    if not trained:  # a new folder, or a start that failed before its first epoch: nothing to keep, so the (corrected) run starts here
-        if is_main_process(): save_json(config, out/'config.json')
-        return None
-    old = _stored_config(out)
-    if not isinstance(old, dict):
-        raise KdnbError(f"{out} holds run files ({', '.join(trained)}) but neither config.json nor last.pt says which run; choose a new --out directory")
-    diff = {k: (old.get(k), config.get(k)) for k in {**config, 'processes': None, 'sync_bn': None} if old.get(k) != config.get(k)}
-    if diff:
-        k, (a, b) = next(iter(diff.items()))
-        raise KdnbError(f"{out} holds another run ({k}: {a!r} there, {b!r} here); choose a new --out directory")
-    if not resume:
-        raise KdnbError(f"{out} already holds this run; pass --resume to continue it, or choose a new --out directory")
-    if old != _json_or_none(out/'config.json') and is_main_process(): save_json(old, out/'config.json')  # restore a lost or corrupt config.json from the checkpoint
-    if not (out/'last.pt').exists(): return None
-    ckpt = load_checkpoint(out/'last.pt')
-    if missing := [k for k in ('opt', 'epoch', 'history', 'rng') if k not in ckpt]:
-        raise KdnbError(f"{out/'last.pt'} holds weights but cannot resume a run (no {missing[0]!r}); choose a new --out directory")
-    return ckpt
-
-def _json_or_none(f):
-    try: return load_json(f)
-    except (KdnbError, OSError): return None
-
 def check_batches(dls):
     "Refuse DataLoaders whose training split makes no full batch (the last partial one is dropped), before anything is written."
     dl = dls.train
@@ -264,8 +181,6 @@ def make_learner(dls, model:nn.Module, recipe:Recipe, out, cbs=(), metrics=None,
                     cbs=[DatasetIndexCallback(), MultiStepLR(recipe.milestones, recipe.gamma), EpochLoss(), *speed_callbacks(speed or Speed()), *cbs],
                     path=out, model_dir='.', **kw)
     return learn
-
-def _summary(row): return {k: row[k] for k in row if k in ('epoch', 'top1', 'top5', 'valid_loss', 'train_loss') or k.startswith('peer')}
 
 def _epoch_line(learn):
     "A fastai logger printing each epoch's metrics as one plain line."
@@ -308,31 +223,6 @@ def fit_epochs(learn:Learner, n:int, lr:float, cbs:list, progress:bool=True):
     try:
         with learn.no_bar(): learn.fit(n, lr=lr, cbs=cbs)
     finally: learn.logger = logger
-
-def run_results(config:dict, history:list, session_s:float) -> dict:
-    "A finished run's `results.json`: its config, last and best epochs, history, times and versions."
-    best = max(history, key=lambda r: r['top1'])
-    return dict(config=config, last=_summary(history[-1]), best=_summary(best), epochs=len(history),
-                wall_time_s=round(sum(r['seconds'] for r in history), 2), this_session_s=round(session_s, 2),
-                history=history, checkpoint='last.pt', versions=versions())
-
-def git_commit() -> str|None:
-    "The commit of the kdnb checkout that is running ('+dirty' with uncommitted changes), or None if kdnb is not run from a clone."
-    pkg = Path(kdnb.__file__).resolve().parent
-    def git(*args):
-        r = subprocess.run(['git', *args], cwd=pkg, capture_output=True, text=True, timeout=30)
-        return r.stdout.strip() if r.returncode == 0 else None
-    try:
-        top = git('rev-parse', '--show-toplevel')
-        if top is None or Path(top).resolve()/'kdnb' != pkg: return None  # e.g. an installed copy inside some other repository
-        return git('rev-parse', 'HEAD') + ('+dirty' if git('status', '--porcelain', '--untracked-files=no') else '')
-    except (OSError, subprocess.SubprocessError): return None
-
-def versions() -> dict:
-    "Versions of what produced a result: packages, Python and the kdnb commit."
-    import fastai, torchvision
-    return dict(kdnb=kdnb.__version__, git_commit=git_commit(), torch=torch.__version__, torchvision=torchvision.__version__,
-                fastai=fastai.__version__, python=platform.python_version())
 
 # %% ../nbs/07_train.ipynb #7419cb29
 def make_run_dataloaders(dataset, data_root, bs, num_workers, device, download, seed, max_items, speed:Speed):
