@@ -85,12 +85,14 @@ def _run(target:str, kwargs:dict, gpus:int):
     module, _, name = target.partition(':')
     return getattr(importlib.import_module(module), name)(**kwargs)
 
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog='kdnb', description='Knowledge distillation of image classifiers.')
-    sub = p.add_subparsers(dest='cmd', required=True)
+def _listing_commands(sub):
+    "`kdnb models | methods | datasets`."
     m = sub.add_parser('models', help='list the model zoo'); m.add_argument('pattern', nargs='?', default='*')
     sub.add_parser('methods', help='list the distillation methods: family, default hyper-parameters, paper')
     sub.add_parser('datasets', help='list the datasets')
+
+def _run_commands(sub):
+    "`kdnb train` and `kdnb distill`: one run each."
     t = sub.add_parser('train', help='train a zoo model from scratch with the reference recipe')
     t.add_argument('--model', required=True); _run_args(t)
     d = sub.add_parser('distill', help='distil a teacher into a student')
@@ -105,11 +107,17 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument('--hp', action='append', default=[], type=hparam, metavar='NAME=VALUE',
                    help="any hyper-parameter of the method (a plugin's too), repeatable: --hp delta=0.09 --hp logit_stand=true")
     _run_args(d)
+
+def _demo_command(sub):
+    "`kdnb demo`."
     e = sub.add_parser('demo', help='train a small teacher, then a student alone and with KD, on the embedded subset')
     e.add_argument('--out', type=Path, default=Path('runs/demo'))
     # long enough for KD's gain to show over the student alone (about +2 points), short enough for about 5 minutes on 2 cores
     e.add_argument('--teacher-epochs', type=positive, default=8); e.add_argument('--student-epochs', type=positive, default=5)
     e.add_argument('--device'); e.add_argument('--no-progress', action='store_true')
+
+def _grid_commands(sub):
+    "`kdnb grid run | table`."
     g = sub.add_parser('grid', help='run a benchmark grid (grids/*.yaml), or tabulate its results')
     gs = g.add_subparsers(dest='grid_cmd', required=True)
     r = gs.add_parser('run', help='run every unfinished cell of a grid spec (resumable; safe to run twice at once)')
@@ -127,6 +135,9 @@ def parser() -> argparse.ArgumentParser:
     tb = gs.add_parser('table', help='write the benchmark table (markdown + CSV) of a grid directory')
     tb.add_argument('out', type=Path, nargs='+', help='grid directory given to `kdnb grid run --out`; several: one report of all their tables')
     tb.add_argument('--report', type=Path, default=Path('report.md'), help='with several grid directories: the combined report (.md, and .csv beside it)')
+
+def _bench_command(sub):
+    "`kdnb bench`: the speed, fused and data-pipeline benchmarks."
     b = sub.add_parser('bench', help='time a reference-style KD loop and kdnb with each speed option, side by side')
     b.add_argument('--device', help='cuda or cpu (default: a GPU if there is one)')
     b.add_argument('--pair', help='TEACHER:STUDENT (default: WRN-40-4:WRN-16-4 on a GPU, WRN-16-2:WRN-16-1 on a CPU)')
@@ -141,12 +152,20 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument('--data', metavar='DATASET', help='instead: time the training data pipeline of DATASET alone (decoding and augmentation in --workers processes)')
     b.add_argument('--data-root', type=Path, help='with --data: the folder holding its files')
     b.add_argument('--methods', help='with --fused: comma-separated methods (default: the main table but DML: KD,FitNet,AT,DIST,SRD,SRDwithDIST)')
+
+def _docs_command(sub):
+    "`kdnb docs`."
     o = sub.add_parser('docs', help='build the docs site (executed notebooks, API pages, search) into _docs/')
     o.add_argument('--out', type=Path, default=Path('_docs'))
     o.add_argument('--execute', default='*', metavar='GLOB', help="notebooks to execute, e.g. '3*' (default: all; the others appear without outputs)")
     o.add_argument('--workers', type=positive, default=2, help='notebooks executed at a time')
     o.add_argument('--force', action='store_true', help='re-execute notebooks whose saved outputs are up to date')
     o.add_argument('--results', type=Path, help='a grid output folder whose table goes on the benchmark page')
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog='kdnb', description='Knowledge distillation of image classifiers.')
+    sub = p.add_subparsers(dest='cmd', required=True)
+    for add in (_listing_commands, _run_commands, _demo_command, _grid_commands, _bench_command, _docs_command): add(sub)
     return p
 
 # %% ../nbs/20_cli.ipynb #aadc83d1

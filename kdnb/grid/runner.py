@@ -15,7 +15,7 @@ from .store import (cell_dir, read_results, cell_state, cell_identity, identity_
 
 # %% auto #0
 __all__ = ['BACKENDS', 'experiment_notebook', 'cell_parameters', 'execute_cells', 'execute_cell', 'Worker', 'LocalBackend',
-           'RayBackend', 'check_data', 'describe_plan', 'check_teachers', 'run_grid']
+           'RayBackend', 'check_data', 'describe_plan', 'check_teachers', 'Scheduler', 'run_grid']
 
 # %% ../../nbs/12b_grid.runner.ipynb #1544c57b
 def experiment_notebook() -> Path:
@@ -272,14 +272,10 @@ def check_teachers(plan:Plan):
                         "and pass their folder with --teachers DIR, or fix the spec's `teachers:` paths")
 
 # %% ../../nbs/12b_grid.runner.ipynb #62ec72d3
-def run_grid(spec, out, workers:int|None=None, dry_run:bool=False, backend:str='local', address:str|None=None,
-             device:str|None=None, data_root=None, notebook=None, progress:bool=True, teachers=None) -> dict:
-    "Run every unfinished cell of grid spec `spec` into `out`; returns {cell id: outcome}. `teachers`: a folder of downloaded teachers."
-    from fastprogress.fastprogress import progress_bar
-    plan, out = load_plan(spec, teachers), Path(out)
-    if dry_run: print(describe_plan(plan, out)); return {}
+def _check_run(plan:Plan, spec, out:Path, workers, backend:str, address, device, data_root, notebook):
+    "Everything `run_grid` refuses, before it writes anything."
     if backend not in BACKENDS: raise KdnbError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    if backend == 'ray' and not address: raise KdnbError("--backend ray needs --address HOST:PORT of a running Ray cluster")  # before any file is written
+    if backend == 'ray' and not address: raise KdnbError("--backend ray needs --address HOST:PORT of a running Ray cluster")
     if workers is not None: check_number('--workers', workers, minimum=1, integer=True, fix='pass the number of cells to run at a time')
     if backend == 'local': check_device(device)  # a Ray cluster's nodes may have the GPUs this machine lacks
     if notebook is not None and not Path(notebook).is_file(): raise KdnbError(f"--notebook {notebook}: no such notebook file")
@@ -290,64 +286,86 @@ def run_grid(spec, out, workers:int|None=None, dry_run:bool=False, backend:str='
         raise KdnbError(f"{spec} changes the settings of {len(changed)} cell{'s' * (len(changed) > 1)} already run in {out}: {changed[0]}"
                         + (f" and {len(changed) - 1} more" if len(changed) > 1 else '')
                         + "; results of other settings are never relabelled: restore the spec, or give the changed grid a new --out")
+
+class Scheduler:
+    "Hands the ready cells of `plan` to `runner` (fused groups together) until every cell is done, failed or skipped; safe beside other runners."
+    def __init__(self, plan:Plan, out:Path, runner, device=None, data_root=None, progress:bool=True):
+        self.plan, self.out, self.runner, self.device, self.data_root = plan, out, runner, device, data_root
+        self.started, self.outcomes, self.retry_at, self.n_done = time.time(), {}, {}, 0
+        states = {c.id: cell_state(cell_dir(out, c.id)) for c in plan.cells}
+        for cid, st in states.items():
+            if st == 'done': self.outcomes[cid] = dict(cell=cid, status='done', note='finished earlier')
+        self.todo = [c for c in plan.cells if c.id not in self.outcomes]
+        self.corrupt = [cid for cid, st in states.items() if st == 'corrupt']
+        self.progress = progress and sys.stdout.isatty()  # a bar redrawn with \r only makes sense on a terminal; logs get the lines
+        from fastprogress.fastprogress import progress_bar
+        self.bar = progress_bar(range(len(self.todo)), leave=False) if self.progress else None
+    def finish(self, o:dict):
+        self.outcomes[o['cell']] = o; self.n_done += 1
+        if o['status'] == 'done': what = f"top-1 {o['top1']:.2%}" + (f" ({o['seconds']:.0f} s)" if o.get('seconds') else f" ({o.get('note', '')})")
+        else: what = o.get('error', '')
+        note = f"  note: {o['note']}" if o.get('note') and o['note'] != 'finished earlier' else ''
+        print(('\r\x1b[K' if self.progress else '') + f"[{self.n_done}/{len(self.todo)}] {o['status']:7s} {o['cell']}  {what}{note}")
+        if self.progress: self.bar.update(self.n_done)
+    def failed_elsewhere(self, c:Cell) -> bool:
+        f = cell_dir(self.out, c.id)/'error.json'
+        return f.exists() and f.stat().st_mtime > self.started
+    def ready(self, c:Cell) -> bool: return all(self.outcomes.get(d, {}).get('status') == 'done' for d in c.after)
+    def free_here(self, c:Cell) -> bool:  # not running elsewhere, finished or failed there: a cell to run in this runner now
+        d = cell_dir(self.out, c.id)
+        return not is_locked(d) and cell_state(d) != 'done' and not self.failed_elsewhere(c)
+    def triage(self, c:Cell) -> str:
+        "'settled' if `c` is finished without running (a failed teacher; done or failed elsewhere), 'run' if it can start now, else 'wait'."
+        if any(self.outcomes.get(d, {}).get('status') in ('failed', 'skipped') for d in c.after):
+            self.finish(dict(cell=c.id, status='skipped', error=f"needs {c.after[0]}, which failed")); return 'settled'
+        if not self.ready(c) or self.runner.free() < c.gpus or self.retry_at.get(c.id, 0) > time.time(): return 'wait'
+        d = cell_dir(self.out, c.id)
+        if is_locked(d): self.retry_at[c.id] = time.time() + 2; return 'wait'  # another runner has it
+        if cell_state(d) == 'done':
+            self.finish(dict(cell=c.id, status='done', top1=read_results(d)['last']['top1'], note='finished by another runner')); return 'settled'
+        if self.failed_elsewhere(c): self.finish(dict(cell=c.id, status='failed', error='failed in another runner; see its error.json')); return 'settled'
+        return 'run'
+    def submit(self, c:Cell, pending:list):
+        "Start `c`, with the pending cells that train in the same fused run."
+        group = [c] + [d for d in pending if c.fuse_key() is not None and d.fuse_key() == c.fuse_key() and self.ready(d) and self.free_here(d)]
+        for d in group[1:]: pending.remove(d)
+        self.runner.submit(group, [cell_parameters(x, self.out, self.device, self.data_root) for x in group])
+    def run(self) -> dict:
+        pending = list(self.todo)
+        if self.progress and self.todo: self.bar.update(0)
+        try:
+            while pending or self.runner.running:
+                for c in list(pending):
+                    if c not in pending: continue  # taken into a fused group this pass
+                    step = self.triage(c)
+                    if step != 'wait': pending.remove(c)
+                    if step == 'run': self.submit(c, pending)
+                for o in self.runner.poll(0.5):
+                    if o['status'] == 'locked': pending.insert(0, self.plan[o['cell']]); self.retry_at[o['cell']] = time.time() + 2
+                    else: self.finish(o)
+        finally: self.runner.close()  # on an interruption this stops the cells still running; they resume next time
+        return self.outcomes
+
+def run_grid(spec, out, workers:int|None=None, dry_run:bool=False, backend:str='local', address:str|None=None,
+             device:str|None=None, data_root=None, notebook=None, progress:bool=True, teachers=None) -> dict:
+    "Run every unfinished cell of grid spec `spec` into `out`; returns {cell id: outcome}. `teachers`: a folder of downloaded teachers."
+    plan, out = load_plan(spec, teachers), Path(out)
+    if dry_run: print(describe_plan(plan, out)); return {}
+    _check_run(plan, spec, out, workers, backend, address, device, data_root, notebook)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out/'grid.yaml') as f: f.write(Path(spec).read_text())
     if teachers: save_json(dict(teachers=str(Path(teachers).expanduser().resolve())), out/'teachers.json')  # for `kdnb grid table`
-    nb = Path(notebook) if notebook else experiment_notebook()
-    runner = BACKENDS[backend](out, workers=workers, device=device, notebook=nb, address=address)
+    runner = BACKENDS[backend](out, workers=workers, device=device, notebook=Path(notebook) if notebook else experiment_notebook(), address=address)
     if big := [c for c in plan.cells if c.gpus > runner.workers]:
         runner.close()
         raise KdnbError(f"{big[0].id} asks for gpus: {big[0].gpus}, but {runner.label} can give a cell at most {runner.workers}; "
                         "run the grid where there are that many GPUs, or pass --workers N (CPU processes)")
-    started, outcomes = time.time(), {}
-    states = {c.id: cell_state(cell_dir(out, c.id)) for c in plan.cells}
-    for cid, st in states.items():
-        if st == 'done': outcomes[cid] = dict(cell=cid, status='done', note='finished earlier')
-    todo = [c for c in plan.cells if c.id not in outcomes]
-    print(f"{spec}: {len(plan.cells)} cells, {len(outcomes)} finished, {len(todo)} to run; {runner.label}")
-    for cid in (cid for cid, st in states.items() if st == 'corrupt'):
+    sched = Scheduler(plan, out, runner, device, data_root, progress)
+    print(f"{spec}: {len(plan.cells)} cells, {len(sched.outcomes)} finished, {len(sched.todo)} to run; {runner.label}")
+    for cid in sched.corrupt:
         print(f"corrupt: {cell_dir(out, cid)/'results.json'} cannot be read; it is set aside as results.json.corrupt and the cell runs again")
-    progress = progress and sys.stdout.isatty()  # a bar redrawn with \r only makes sense on a terminal; logs get the lines
-    bar = progress_bar(range(len(todo)), leave=False) if progress else None
-    n_done = 0
-    def finish(o):
-        nonlocal n_done
-        outcomes[o['cell']] = o; n_done += 1
-        if o['status'] == 'done': what = f"top-1 {o['top1']:.2%}" + (f" ({o['seconds']:.0f} s)" if o.get('seconds') else f" ({o.get('note', '')})")
-        else: what = o.get('error', '')
-        print(('\r\x1b[K' if progress else '') + f"[{n_done}/{len(todo)}] {o['status']:7s} {o['cell']}  {what}" + (f"  note: {o['note']}" if o.get('note') and o['note'] != 'finished earlier' else ''))
-        if progress: bar.update(n_done)
-    def elsewhere_failed(c):
-        f = cell_dir(out, c.id)/'error.json'
-        return f.exists() and f.stat().st_mtime > started
-    def ready(c): return all(outcomes.get(d, {}).get('status') == 'done' for d in c.after)
-    def free_here(c):  # not running elsewhere, finished or failed there: a cell to run in this runner now
-        run_dir = cell_dir(out, c.id)
-        return not is_locked(run_dir) and cell_state(run_dir) != 'done' and not elsewhere_failed(c)
-    pending, retry_at = list(todo), {}
-    if progress and todo: bar.update(0)
-    try:
-        while pending or runner.running:
-            for c in list(pending):
-                deps = [outcomes.get(d, {}).get('status') for d in c.after]
-                if any(s in ('failed', 'skipped') for s in deps):
-                    pending.remove(c); finish(dict(cell=c.id, status='skipped', error=f"needs {c.after[0]}, which failed")); continue
-                if not all(s == 'done' for s in deps) or runner.free() < c.gpus or retry_at.get(c.id, 0) > time.time(): continue
-                run_dir = cell_dir(out, c.id)
-                if is_locked(run_dir): retry_at[c.id] = time.time() + 2; continue  # another runner has it; wait
-                if cell_state(run_dir) == 'done':
-                    pending.remove(c); res = read_results(run_dir)
-                    finish(dict(cell=c.id, status='done', top1=res['last']['top1'], note='finished by another runner')); continue
-                if elsewhere_failed(c): pending.remove(c); finish(dict(cell=c.id, status='failed', error='failed in another runner; see its error.json')); continue
-                pending.remove(c)
-                group = [c] + [d for d in list(pending) if c.fuse_key() is not None and d.fuse_key() == c.fuse_key() and ready(d) and free_here(d)]
-                for d in group[1:]: pending.remove(d)
-                runner.submit(group, [cell_parameters(x, out, device, data_root) for x in group])
-            for o in runner.poll(0.5):
-                if o['status'] == 'locked': pending.insert(0, plan[o['cell']]); retry_at[o['cell']] = time.time() + 2
-                else: finish(o)
-    finally: runner.close()  # on an interruption this stops the cells still running; they resume next time
+    outcomes = sched.run()
     failed = [o for o in outcomes.values() if o['status'] != 'done']
-    print(('\r\x1b[K' if progress else '') + f"{len(outcomes) - len(failed)}/{len(plan.cells)} cells finished in {time.time() - started:.0f} s; results in {out}" +
+    print(('\r\x1b[K' if sched.progress else '') + f"{len(outcomes) - len(failed)}/{len(plan.cells)} cells finished in {time.time() - sched.started:.0f} s; results in {out}" +
           (f"; {len(failed)} failed or skipped: fix the cause and run the same command again (finished cells are kept)" if failed else ''))
     return outcomes
