@@ -212,10 +212,109 @@ def _teacher_files(file, mapping, teachers_dir):
 # %% ../../nbs/12_grid.ipynb #0d99c479
 def _hash(d:dict) -> str: return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:6]
 
+class _Cells(dict):
+    "The cells of a plan by id; a cell two experiments share must be defined alike (fused if either says so)."
+    def __init__(self, file:str): super().__init__(); self.file = file
+    def add(self, cell:Cell, where:str) -> str:
+        old = self.get(cell.id)
+        if old is not None and old.fuse != cell.fuse: cell = old = replace(cell, fuse=True)
+        if old is not None and old != cell:
+            diff = next(k for k in asdict(cell) if asdict(cell)[k] != asdict(old)[k])
+            _fail(self.file, where, diff, f"cell {cell.id} is defined twice with different {diff} ({getattr(old, diff)!r} vs {getattr(cell, diff)!r}); "
+                  "give both experiments the same setting")
+        self[cell.id] = cell
+        return cell.id
+
+def _references(file, where, e:dict):
+    "The experiment's published numbers, as a lookup (column, row) -> number or None."
+    refs = _mapping(file, where, 'reference', e.get('reference'))
+    def ref(col, row):
+        v = _mapping(file, where, 'reference', refs.get(col, {})).get(row)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))): _fail(file, where, 'reference', f"{col} / {row}: {v!r} is not a number")
+        return v
+    return ref
+
+def _experiment_lists(file, where, e:dict) -> tuple[list, list, list, dict, list]:
+    "An experiment's checked models, pairs (chains), methods, per-method hyper-parameters and teacher-logit variants."
+    from kdnb.methods import METHODS
+    models = e.get('models') or []
+    if not isinstance(models, list): _fail(file, where, 'models', f"must be a list of model names, not {models!r}")
+    pairs = e.get('pairs') or []
+    if not isinstance(pairs, list): _fail(file, where, 'pairs', f"must be a list of 'TEACHER -> STUDENT' strings, not {pairs!r}")
+    pairs = [_pair(file, where, p) for p in pairs]
+    if not pairs and not models: _fail(file, where, 'pairs', "an experiment needs `pairs` (to distil) or `models` (to train from scratch)")
+    methods = e.get('methods') or []
+    if not isinstance(methods, list): _fail(file, where, 'methods', f"must be a list of method names, not {methods!r}")
+    if pairs and not methods: _fail(file, where, 'methods', "list the methods to run on the pairs (`kdnb methods`)")
+    for m in methods:
+        if not isinstance(m, str) or m not in METHODS: _fail(file, where, 'methods', f"unknown method {m!r}; `kdnb methods` lists them: {', '.join(METHODS.names())}")
+    methods = [METHODS.canonical(m) for m in methods]
+    hp_spec = _mapping(file, where, 'hparams', e.get('hparams'))
+    for m in hp_spec:
+        if m not in METHODS or METHODS.canonical(m) not in methods: _fail(file, where, 'hparams', f"{m!r} is not one of this experiment's methods {methods}")
+    hps = {m: _method_hparams(file, f"{where}, method {m!r}", m, hp_spec.get(m) or next((v for k, v in hp_spec.items() if k.lower() == m.lower()), {}), pairs) for m in methods}
+    variants = e.get('teacher_logits', ['online'])
+    variants = [variants] if isinstance(variants, str) else variants
+    if not isinstance(variants, list) or not variants or any(v not in ('online', 'precomputed') for v in variants):
+        _fail(file, where, 'teacher_logits', f"must list 'online' and/or 'precomputed', not {variants!r}")
+    return [_model(file, where, 'models', m) for m in models], pairs, methods, hps, variants
+
+def _check_method_run(file, where, m:str, chain:tuple, variant:str):
+    "Refuse a method that cannot run along `chain` or with the teacher-logit `variant`."
+    from kdnb.methods import METHODS, create_method
+    meth, col = create_method(m), ' -> '.join(chain)
+    if meth.trains_teacher and len(chain) > 2: _fail(file, where, 'pairs', f"{m} trains its peer from scratch, so it cannot run along the chain {col!r}")
+    if variant == 'precomputed' and (not meth.logits_only or meth.trains_teacher):
+        _fail(file, where, 'teacher_logits', f"{m} cannot use pre-computed teacher logits (it needs the teacher's features or trains it); only {', '.join(n for n in METHODS.names() if create_method(n).logits_only and not create_method(n).trains_teacher)} can")
+
+def _distill_cells(cells:_Cells, where, s:dict, rec:dict, low:str, chain:tuple, tid, tck, m:str, hps:dict, variant:str) -> list[str]:
+    "The cells of method `m` along `chain` (each step's student teaches the next), one chain per seed; the ids of each seed's last cell."
+    from kdnb.methods import create_method
+    from kdnb.distill import default_hparams
+    meth, ids = create_method(m), []
+    for sd in s['seeds']:
+        prev = tid
+        for i in range(1, len(chain)):
+            a, b = chain[i - 1], chain[i]
+            base = default_hparams(m, a, b)
+            hp = {**base, **hps.get(None, {}), **hps.get(chain, {})}
+            if s['gpus'] > 1 and (why := create_method(m, **hp).ddp_obstacle):
+                _fail(cells.file, where, 'gpus', f"{m} cannot train in several processes: {why}; give it an experiment with gpus: 1")
+            name = m + ('-precomputed' if variant == 'precomputed' else '') + (f'-{_hash(hp)}' if hp != base else '') + low
+            prev = cells.add(Cell(f"{s['dataset']}/distill/{'_'.join(chain[:i + 1])}/{name}/s{sd}", 'distill', seed=sd, teacher=a, student=b,
+                                  method=m, hparams=hp, teacher_logits=variant, after=[] if meth.trains_teacher or prev is None else [prev],
+                                  teacher_ckpt=tck if i == 1 and not meth.trains_teacher else None, **rec, fuse=s['fuse'] and meth.fusable), where)
+        ids.append(prev)
+    return ids
+
+def _expand_experiment(cells:_Cells, ename:str, e, top:dict, teacher_file) -> list[Entry]:
+    "The cells of one experiment (added to `cells`) and its table entries."
+    file, where = cells.file, f"experiment {ename!r}"
+    e = _mapping(file, where, 'experiments', e)
+    for k in e:
+        if k not in EXPERIMENT_KEYS: _fail(file, where, k, f"unknown field; allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
+    s = {**top, **_check_settings(file, where, e)}
+    rec = {k: s[k] for k in ('dataset', 'epochs', 'lr', 'bs', 'max_items', 'data_root', 'speed', 'precision', 'benchmark', 'gpus')}
+    low = '-bf16' if s['precision'] == 'bf16' else ''  # a bf16 run is another experiment than the fp32 one
+    def train(m, seed): return cells.add(Cell(f"{s['dataset']}/train/{m}{low}/s{seed}", 'train', seed=seed, model=m, **rec), where)
+    ref = _references(file, where, e)
+    models, pairs, methods, hps, variants = _experiment_lists(file, where, e)
+    entries = [Entry(ename, s['dataset'], m, [train(m, sd) for sd in s['seeds']], ref(s['dataset'], m)) for m in models]
+    for chain in pairs:  # a pair, or a chain A -> B -> C whose every student teaches the next step
+        t, st, col = chain[0], chain[-1], ' -> '.join(chain)
+        tck = teacher_file(t)  # a downloaded teacher: no cell trains it
+        tid = None if tck else train(t, s['teacher_seed'])
+        entries.append(Entry(ename, col, 'Teacher', [tid] if tid else [], ref(col, 'Teacher')))
+        entries.append(Entry(ename, col, 'Student', [train(st, sd) for sd in s['seeds']], ref(col, 'Student')))
+        for m in methods:
+            for v in variants:
+                _check_method_run(file, f"{where}, method {m!r}", m, chain, v)
+                row = m if len(variants) == 1 else f"{m} ({v})"
+                entries.append(Entry(ename, col, row, _distill_cells(cells, f"{where}, method {m!r}", s, rec, low, chain, tid, tck, m, hps[m], v), ref(col, row)))
+    return entries
+
 def expand_grid(spec:dict, file='grid spec', teachers=None) -> Plan:
     "Check `spec` and expand it into its cells (dependencies first) and table entries; `teachers`: a folder of downloaded teachers."
-    from kdnb.methods import METHODS, create_method
-    from kdnb.distill import default_hparams
     file = str(file)
     for k in spec:
         if k not in GRID_KEYS: _fail(file, 'top level', k, f"unknown field; allowed: {', '.join(sorted(GRID_KEYS))}")
@@ -223,82 +322,8 @@ def expand_grid(spec:dict, file='grid spec', teachers=None) -> Plan:
     teacher_file = _teacher_files(file, spec.get('teachers'), teachers)
     exps = spec.get('experiments')
     if not isinstance(exps, dict) or not exps: _fail(file, 'top level', 'experiments', "must map experiment names to experiments")
-    cells, entries = {}, []
-    def add(cell:Cell, where) -> str:
-        old = cells.get(cell.id)
-        if old is not None and old.fuse != cell.fuse: cell = old = replace(cell, fuse=True)  # shared by two experiments: fused if either says so
-        if old is not None and old != cell:
-            diff = next(k for k in asdict(cell) if asdict(cell)[k] != asdict(old)[k])
-            _fail(file, where, diff, f"cell {cell.id} is defined twice with different {diff} ({getattr(old, diff)!r} vs {getattr(cell, diff)!r}); "
-                  "give both experiments the same setting")
-        cells[cell.id] = cell
-        return cell.id
-    for ename, e in exps.items():
-        where = f"experiment {ename!r}"
-        e = _mapping(file, where, 'experiments', e)
-        for k in e:
-            if k not in EXPERIMENT_KEYS: _fail(file, where, k, f"unknown field; allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
-        s = {**top, **_check_settings(file, where, e)}
-        rec = dict(dataset=s['dataset'], epochs=s['epochs'], lr=s['lr'], bs=s['bs'], max_items=s['max_items'], data_root=s['data_root'], speed=s['speed'], precision=s['precision'], benchmark=s['benchmark'], gpus=s['gpus'])
-        low = '-bf16' if s['precision'] == 'bf16' else ''  # a bf16 run is another experiment than the fp32 one
-        def train(m, seed): return add(Cell(f"{s['dataset']}/train/{m}{low}/s{seed}", 'train', seed=seed, model=m, **rec), where)
-        refs = _mapping(file, where, 'reference', e.get('reference'))
-        def ref(col, row):
-            v = _mapping(file, where, 'reference', refs.get(col, {})).get(row)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))): _fail(file, where, 'reference', f"{col} / {row}: {v!r} is not a number")
-            return v
-        models = e.get('models') or []
-        if not isinstance(models, list): _fail(file, where, 'models', f"must be a list of model names, not {models!r}")
-        for m in models:
-            m = _model(file, where, 'models', m)
-            entries.append(Entry(ename, s['dataset'], m, [train(m, sd) for sd in s['seeds']], ref(s['dataset'], m)))
-        pairs = e.get('pairs') or []
-        if not isinstance(pairs, list): _fail(file, where, 'pairs', f"must be a list of 'TEACHER -> STUDENT' strings, not {pairs!r}")
-        pairs = [_pair(file, where, p) for p in pairs]
-        if not pairs and not models: _fail(file, where, 'pairs', "an experiment needs `pairs` (to distil) or `models` (to train from scratch)")
-        methods = e.get('methods') or []
-        if not isinstance(methods, list): _fail(file, where, 'methods', f"must be a list of method names, not {methods!r}")
-        if pairs and not methods: _fail(file, where, 'methods', "list the methods to run on the pairs (`kdnb methods`)")
-        for m in methods:
-            if not isinstance(m, str) or m not in METHODS: _fail(file, where, 'methods', f"unknown method {m!r}; `kdnb methods` lists them: {', '.join(METHODS.names())}")
-        methods = [METHODS.canonical(m) for m in methods]
-        hp_spec = _mapping(file, where, 'hparams', e.get('hparams'))
-        for m in hp_spec:
-            if m not in METHODS or METHODS.canonical(m) not in methods: _fail(file, where, 'hparams', f"{m!r} is not one of this experiment's methods {methods}")
-        hps = {m: _method_hparams(file, f"{where}, method {m!r}", m, hp_spec.get(m) or next((v for k, v in hp_spec.items() if k.lower() == m.lower()), {}), pairs) for m in methods}
-        variants = e.get('teacher_logits', ['online'])
-        variants = [variants] if isinstance(variants, str) else variants
-        if not isinstance(variants, list) or not variants or any(v not in ('online', 'precomputed') for v in variants):
-            _fail(file, where, 'teacher_logits', f"must list 'online' and/or 'precomputed', not {variants!r}")
-        for chain in pairs:  # a pair, or a chain A -> B -> C whose every student teaches the next step
-            t, st, col = chain[0], chain[-1], ' -> '.join(chain)
-            tck = teacher_file(t)  # a downloaded teacher: no cell trains it
-            tid = None if tck else train(t, s['teacher_seed'])
-            entries.append(Entry(ename, col, 'Teacher', [tid] if tid else [], ref(col, 'Teacher')))
-            entries.append(Entry(ename, col, 'Student', [train(st, sd) for sd in s['seeds']], ref(col, 'Student')))
-            for m in methods:
-                meth = create_method(m)
-                if meth.trains_teacher and len(chain) > 2: _fail(file, f"{where}, method {m!r}", 'pairs', f"{m} trains its peer from scratch, so it cannot run along the chain {col!r}")
-                for v in variants:
-                    if v == 'precomputed' and (not meth.logits_only or meth.trains_teacher):
-                        _fail(file, f"{where}, method {m!r}", 'teacher_logits', f"{m} cannot use pre-computed teacher logits (it needs the teacher's features or trains it); only {', '.join(n for n in METHODS.names() if create_method(n).logits_only and not create_method(n).trains_teacher)} can")
-                    ids = []
-                    for sd in s['seeds']:
-                        prev = tid
-                        for i in range(1, len(chain)):
-                            a, b = chain[i - 1], chain[i]
-                            base = default_hparams(m, a, b)
-                            hp = {**base, **hps[m].get(None, {}), **hps[m].get(chain, {})}
-                            if s['gpus'] > 1 and (why := create_method(m, **hp).ddp_obstacle):
-                                _fail(file, f"{where}, method {m!r}", 'gpus', f"{m} cannot train in several processes: {why}; give it an experiment with gpus: 1")
-                            name = m + ('-precomputed' if v == 'precomputed' else '') + (f'-{_hash(hp)}' if hp != base else '') + low
-                            prev = add(Cell(f"{s['dataset']}/distill/{'_'.join(chain[:i + 1])}/{name}/s{sd}", 'distill', seed=sd, teacher=a, student=b,
-                                            method=m, hparams=hp, teacher_logits=v, after=[] if meth.trains_teacher or prev is None else [prev],
-                                            teacher_ckpt=tck if i == 1 and not meth.trains_teacher else None, **rec,
-                                            fuse=s['fuse'] and meth.fusable), where)
-                        ids.append(prev)
-                    row = m if len(variants) == 1 else f"{m} ({v})"
-                    entries.append(Entry(ename, col, row, ids, ref(col, row)))
+    cells = _Cells(file)
+    entries = [en for ename, e in exps.items() for en in _expand_experiment(cells, ename, e, top, teacher_file)]
     return Plan(file, spec, _topological(list(cells.values())), entries)
 
 def _topological(cells:list[Cell]) -> list[Cell]:
