@@ -160,12 +160,8 @@ def fit_fused(learn, recipe:Recipe, outs:list, configs:list[dict], ckpts:list, s
     return results
 
 # %% ../nbs/10a_fused.ipynb #c9c28fbf
-def distill_fused(student:str, teacher:str, methods:list[str], teacher_ckpt=None, dataset:str='cifar10-subset', out='runs/fused',
-                  outs:list|None=None, hparams:list[dict]|None=None, epochs:int|None=None, resume:bool=False, data_root=None,
-                  lr:float|None=None, bs:int|None=None, seed:int=0, num_workers:int=0, device=None, progress:bool=True,
-                  teacher_logits:str='online', download:bool=False, max_items:int|None=None, speed='auto', precision:str='fp32',
-                  benchmark:str='reference') -> list[dict]:
-    "Distil `teacher` into one fresh `student` per method of `methods` in one training loop; each run's files go to its folder of `outs` (default `out/METHOD`)."
+def _fused_methods(methods:list[str], hparams, teacher:str, student:str, teacher_logits:str) -> list[tuple]:
+    "(method, its hyper-parameters) for each of `methods`, refused if it cannot train beside the others."
     if not methods: raise KdnbError("a fused run needs at least one method")
     if world_size() > 1:  # one process feeds its students; DDP would average the gradients of several fused loops
         raise KdnbError("fused students train in one process; pass one method per run of several processes (--gpus), or leave out --gpus")
@@ -176,11 +172,51 @@ def distill_fused(student:str, teacher:str, methods:list[str], teacher_ckpt=None
         if not m.fusable:
             why = 'trains its teacher as a peer' if m.trains_teacher else 'trains with an optimiser of its own'
             raise KdnbError(f"{m.method_name} {why}, which fused students cannot share; run it alone (kdnb distill --method {m.method_name})")
+    return made
+
+def _fused_members(made:list[tuple], student:str, t_net, dls, seed:int, config) -> tuple[list, list]:
+    "One `DistillationModel` per method, each student and its connectors initialised as in a lone run, and each run's config (`config(method, hp, student)`)."
+    members, configs = [], []
+    for m, hp in made:
+        set_seed(seed)
+        s_net = create_model(student, dls.num_classes)
+        configs.append(config(m, hp, s_net))
+        m.attach_data(dls.train.dataset)
+        size = getattr(dls, 'image_size', 32)
+        members.append(DistillationModel(s_net, t_net, m, input_size=(3, size, size)))
+    return members, configs
+
+def _train_fused(members, configs, outs, t_net, dls, recipe, sp, teacher_logits, teacher_ckpt, resume, progress) -> list[int]:
+    "Train the unfinished members in one fused loop, holding every folder's lock; the members left to finish alone."
+    with ExitStack() as locks:
+        for o in outs:
+            if not locks.enter_context(DirLock(run_dir(o), '.run.lock')).acquire():
+                raise KdnbError(f"{o} is locked by another kdnb process training there; wait for it to finish, or choose another --out")
+        ckpts = [prepare_run_dir(o, c, resume) for o, c in zip(outs, configs)]
+        todo = [k for k, o in enumerate(outs) if not (o/'results.json').exists()]
+        if not todo: return []
+        if len({ckpts[k]['epoch'] if ckpts[k] else 0 for k in todo}) > 1:
+            print("note: the students' checkpoints stand at different epochs; each finishes alone"); return todo
+        starts = [None if ckpts[k] else run_pre_stages(dls, members[k].student, t_net, members[k].method, recipe, outs[k], configs[k],
+                                                        resume, progress) for k in todo]
+        source = teacher_source(t_net, [members[k].method for k in todo], teacher_logits, teacher_ckpt, dls, sp, progress)
+        for k in todo: prepare_models(sp, members[k].student, t_net)
+        learn = fused_learner(dls, [members[k] for k in todo], t_net, recipe, outs[todo[0]].parent, source, sp)
+        try: fit_fused(learn, recipe, [outs[k] for k in todo], [configs[k] for k in todo], [ckpts[k] for k in todo], starts, progress)
+        except KdnbError as e:  # e.g. one method's loss turned non-finite: the others must not be lost with it
+            print(f"note: the fused run stopped ({e}); each unfinished student finishes alone, from its last checkpoint"); return todo
+    return []
+
+def distill_fused(student:str, teacher:str, methods:list[str], teacher_ckpt=None, dataset:str='cifar10-subset', out='runs/fused',
+                  outs:list|None=None, hparams:list[dict]|None=None, epochs:int|None=None, resume:bool=False, data_root=None,
+                  lr:float|None=None, bs:int|None=None, seed:int=0, num_workers:int=0, device=None, progress:bool=True,
+                  teacher_logits:str='online', download:bool=False, max_items:int|None=None, speed='auto', precision:str='fp32',
+                  benchmark:str='reference') -> list[dict]:
+    "Distil `teacher` into one fresh `student` per method of `methods` in one training loop; each run's files go to its folder of `outs` (default `out/METHOD`)."
+    made = _fused_methods(methods, hparams, teacher, student, teacher_logits)
+    hparams = list(hparams or [{}] * len(methods))
     outs = [Path(o) for o in (outs or [Path(out)/lab for lab in member_labels([m.method_name for m, _ in made])])]
     if len(outs) != len(made) or len(set(outs)) != len(outs): raise KdnbError("fused students need one output folder each, all different")
-    alone_args = dict(student=student, teacher=teacher, teacher_ckpt=teacher_ckpt, dataset=dataset, epochs=epochs, data_root=data_root,
-                      lr=lr, bs=bs, seed=seed, num_workers=num_workers, device=device, progress=progress, teacher_logits=teacher_logits,
-                      download=download, max_items=max_items, speed=speed, precision=precision, benchmark=benchmark)
     recipe = reference_recipe(student, benchmark).scaled(epochs, lr=lr, bs=bs)
     sp = distill_speed(speed, device, precision, [m for m, _ in made], teacher_logits, teacher_ckpt)
     dls = make_run_dataloaders(dataset, data_root, recipe.bs, num_workers, device, download, seed, max_items, sp)
@@ -188,35 +224,14 @@ def distill_fused(student:str, teacher:str, methods:list[str], teacher_ckpt=None
     set_seed(seed)
     t_net = load_teacher(teacher, teacher_ckpt, dls.num_classes, download)
     if teacher_ckpt is None: print(f"warning: no --teacher-ckpt, distilling from an untrained {teacher}")
-    members, configs = [], []
-    for m, hp in made:
-        set_seed(seed)  # each student, and then its connectors, initialised as in a lone run
-        s_net = create_model(student, dls.num_classes)
-        configs.append(distill_config(m, hp, s_net, t_net, teacher_ckpt, teacher_logits, dataset, dls, seed, max_items, sp, recipe))
-        m.attach_data(dls.train.dataset)
-        size = getattr(dls, 'image_size', 32)
-        members.append(DistillationModel(s_net, t_net, m, input_size=(3, size, size)))
-    alone = []
-    with ExitStack() as locks:
-        for o in outs:
-            if not locks.enter_context(DirLock(run_dir(o), '.run.lock')).acquire():
-                raise KdnbError(f"{o} is locked by another kdnb process training there; wait for it to finish, or choose another --out")
-        ckpts = [prepare_run_dir(o, c, resume) for o, c in zip(outs, configs)]
-        todo = [k for k, o in enumerate(outs) if not (o/'results.json').exists()]
-        if len({ckpts[k]['epoch'] if ckpts[k] else 0 for k in todo}) > 1:
-            print("note: the students' checkpoints stand at different epochs; each finishes alone"); alone = todo
-        elif todo:
-            starts = [None if ckpts[k] else run_pre_stages(dls, members[k].student, t_net, members[k].method, recipe, outs[k], configs[k],
-                                                            resume, progress) for k in todo]
-            source = teacher_source(t_net, [members[k].method for k in todo], teacher_logits, teacher_ckpt, dls, sp, progress)
-            for k in todo: prepare_models(sp, members[k].student, t_net)
-            learn = fused_learner(dls, [members[k] for k in todo], t_net, recipe, outs[todo[0]].parent, source, sp)
-            try: fit_fused(learn, recipe, [outs[k] for k in todo], [configs[k] for k in todo], [ckpts[k] for k in todo], starts, progress)
-            except KdnbError as e:  # e.g. one method's loss turned non-finite: the others must not be lost with it
-                print(f"note: the fused run stopped ({e}); each unfinished student finishes alone, from its last checkpoint"); alone = todo
+    members, configs = _fused_members(made, student, t_net, dls, seed, lambda m, hp, s_net: distill_config(
+        m, hp, s_net, t_net, teacher_ckpt, teacher_logits, dataset, dls, seed, max_items, sp, recipe))
+    alone = _train_fused(members, configs, outs, t_net, dls, recipe, sp, teacher_logits, teacher_ckpt, resume, progress)
+    alone_args = dict(student=student, teacher=teacher, teacher_ckpt=teacher_ckpt, dataset=dataset, epochs=epochs, data_root=data_root,
+                      lr=lr, bs=bs, seed=seed, num_workers=num_workers, device=device, progress=progress, teacher_logits=teacher_logits,
+                      download=download, max_items=max_items, speed=speed, precision=precision, benchmark=benchmark)
     failed = []
-    for k in alone:
-        if (outs[k]/'results.json').exists(): continue
+    for k in (k for k in alone if not (outs[k]/'results.json').exists()):
         try: distill_model(method=made[k][0].method_name, out=outs[k], resume=True, **alone_args, **hparams[k])
         except KdnbError as e: failed.append(f"{made[k][0].method_name} ({outs[k]}): {e}")
     if failed: raise KdnbError(f"{len(failed)} of {len(made)} fused students failed: " + '; '.join(failed))
