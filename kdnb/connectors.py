@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/connectors.html.md"""
 
 # %% ../nbs/09_connectors.ipynb #198cec48
 from __future__ import annotations
-import torch, torch.nn as nn
+import torch.nn as nn
 
 # %% auto #0
 __all__ = ['Connector', 'ConvRegressor']

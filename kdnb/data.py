@@ -24,7 +24,7 @@ __all__ = ['CIFAR10_STATS', 'CIFAR100_STATS', 'IMAGENET_STATS', 'CIFAR100_CLASSE
            'ImageArrayDataset', 'WithIndex', 'read_cifar', 'write_fake_cifar100', 'read_cifar10_subset',
            'cifar_transforms', 'imagenet_transforms', 'read_image_folder', 'reference_imagenet_transforms',
            'ImageListDataset', 'read_image_lists', 'DatasetSpec', 'list_datasets', 'get_dataset',
-           'DatasetIndexCallback', 'make_dataloaders', 'check_classes', 'indexed_dataloaders']
+           'DatasetIndexCallback', 'make_dataloaders', 'check_classes', 'indexed_dataloaders', 'subset_dataloaders']
 
 # %% ../nbs/01_data.ipynb #09b9a17e
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
@@ -254,3 +254,9 @@ def indexed_dataloaders(train_ds:WithIndex, valid_ds:WithIndex, num_classes:int,
     dls = DataLoaders(train_dl, valid_dl, device=device)
     dls.n_inp, dls.num_classes, dls.classes = 1, num_classes, list(getattr(train_ds.ds, 'classes', []))
     return dls
+
+# %% ../nbs/01_data.ipynb #dd5b7bf6
+def subset_dataloaders(n_train:int=256, n_valid:int=128, bs:int=32, device=None) -> DataLoaders:
+    "The first `n_train`/`n_valid` images of the embedded subset's splits as indexed DataLoaders, with the benchmark's transforms."
+    def head(ds, n, train): return WithIndex(ImageArrayDataset(ds.images[:n], ds.labels[:n], ds.classes, cifar_transforms(CIFAR10_STATS, train)))
+    return indexed_dataloaders(head(read_cifar10_subset(True), n_train, True), head(read_cifar10_subset(False), n_valid, False), 10, bs, device=device)

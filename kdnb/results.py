@@ -6,7 +6,6 @@ Docs: https://kdnb-team.github.io/kdnb/results.html.md"""
 
 # %% ../nbs/13_results.ipynb #cb2e8054
 from __future__ import annotations
-import json
 from functools import lru_cache
 from pathlib import Path
 import numpy as np, pandas as pd

@@ -252,10 +252,3 @@ def train_model(model:str, dataset:str='cifar10-subset', out='runs/train', epoch
     config['milestones'] = list(recipe.milestones)
     learn = make_learner(dls, net, recipe, out, speed=sp, sync_bn=sync_bn)
     return fit_run(learn, recipe, out, config, resume, progress)
-
-# %% ../nbs/07_train.ipynb #2479f28d
-def _tiny_subset_dls(n_train=256, n_valid=128, bs=32):
-    "A small slice of the embedded subset, for quick examples and tests."
-    from kdnb.data import read_cifar10_subset, cifar_transforms, CIFAR10_STATS, WithIndex, ImageArrayDataset, indexed_dataloaders
-    def head(ds, n, train): return WithIndex(ImageArrayDataset(ds.images[:n], ds.labels[:n], ds.classes, cifar_transforms(CIFAR10_STATS, train)))
-    return indexed_dataloaders(head(read_cifar10_subset(True), n_train, True), head(read_cifar10_subset(False), n_valid, False), 10, bs)

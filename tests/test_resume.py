@@ -5,7 +5,8 @@ import pandas as pd, pytest, torch
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 from kdnb.models.core import create_model
-from kdnb.train import Recipe, make_learner, fit_run, _tiny_subset_dls
+from kdnb.train import Recipe, make_learner, fit_run
+from kdnb.data import subset_dataloaders
 from conftest import KDNB
 
 RECIPE = Recipe(epochs=3, milestones=(2,), lr=0.05)
@@ -19,7 +20,7 @@ class Crash(Callback):
 
 def run(out, crash_after=None):
     set_seed(0)
-    learn = make_learner(_tiny_subset_dls(n_train=128, n_valid=64, bs=32), create_model('ResNet-8', 10), RECIPE, out,
+    learn = make_learner(subset_dataloaders(n_train=128, n_valid=64, bs=32), create_model('ResNet-8', 10), RECIPE, out,
                          cbs=[Crash(crash_after)] if crash_after else [])
     try: return learn, fit_run(learn, RECIPE, out, {'model': 'ResNet-8'}, resume=True, progress=False)
     except KeyboardInterrupt: return learn, None

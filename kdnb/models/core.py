@@ -8,7 +8,7 @@ Docs: https://kdnb-team.github.io/kdnb/models.core.html.md"""
 from __future__ import annotations
 from ..core import KdnbError, Registry
 import fnmatch, importlib, re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 import torch, torch.nn as nn
 from fastai.callback.hook import Hook

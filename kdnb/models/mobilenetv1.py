@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/models.mobilenetv1.html.md"""
 
 # %% ../../nbs/05a_models.mobilenetv1.ipynb #767ba238
 from __future__ import annotations
-import torch, torch.nn as nn
+import torch.nn as nn
 from .core import FeatureSpec, register_model, conv_bn, global_pool, init_weights
 
 # %% auto #0

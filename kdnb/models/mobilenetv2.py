@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/models.mobilenetv2.html.md"""
 
 # %% ../../nbs/05_models.mobilenetv2.ipynb #0d46d92a
 from __future__ import annotations
-import torch, torch.nn as nn
+import torch.nn as nn
 from .core import FeatureSpec, register_model, conv_bn, global_pool, init_weights
 
 # %% auto #0

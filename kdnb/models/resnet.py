@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/models.resnet.html.md"""
 
 # %% ../../nbs/04_models.resnet.ipynb #344698ee
 from __future__ import annotations
-import torch, torch.nn as nn
+import torch.nn as nn
 from .core import FeatureSpec, register_model, conv_bn, global_pool, init_weights
 
 # %% auto #0

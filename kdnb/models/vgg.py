@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/models.vgg.html.md"""
 
 # %% ../../nbs/06a_models.vgg.ipynb #26d11038
 from __future__ import annotations
-import torch, torch.nn as nn
+import torch.nn as nn
 from .core import FeatureSpec, register_model, global_pool, init_weights
 
 # %% auto #0

@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/models.wrn.html.md"""
 
 # %% ../../nbs/03_models.wrn.ipynb #9deaf98a
 from __future__ import annotations
-import torch, torch.nn as nn
+import torch.nn as nn
 from .core import FeatureSpec, register_model, global_pool, init_weights
 
 # %% auto #0
