@@ -16,7 +16,7 @@ from fastai.callback.core import Callback
 from fastai.learner import Learner, ValueMetric, Metric
 from fastai.torch_core import set_seed, default_device
 from .models.core import Features, FeatureHooks, feature_spec, create_model
-from .train import Recipe, reference_recipe, make_learner, fit_run, make_run_dataloaders, run_epoch
+from .train import Recipe, reference_recipe, make_learner, fit_run, make_run_dataloaders, epoch_in_run
 from .runs import load_checkpoint
 from .fast import Speed, parse_speed, prepare_models, load_or_build_cache
 from .distributed import unwrap, world_size, process_mean, process_device, distributed_speed
@@ -26,8 +26,8 @@ from .methods import Method, METHODS, create_method
 # %% auto #0
 __all__ = ['PAIR_HPARAMS', 'default_hparams', 'logits_features', 'DistillationModel', 'TeacherSource', 'OnlineTeacher',
            'PeerTeacher', 'PrecomputedTeacher', 'CachedTeacher', 'default_source', 'set_context', 'Distiller',
-           'PeerAccuracy', 'load_teacher', 'distill_learner', 'precompute_teacher_logits', 'make_method',
-           'distill_speed', 'distill_config', 'teacher_source', 'distill_model', 'run_pre_stages']
+           'PeerAccuracy', 'distill_learner', 'precompute_teacher_logits', 'make_method', 'distill_speed',
+           'distill_config', 'teacher_source', 'distill_model', 'run_pre_stages']
 
 # %% ../nbs/10_distill.ipynb #dac2f577
 PAIR_HPARAMS = {('SRDwithDIST', 'WRN-40-4', 'WRN-16-2'): {'beta': 4.},
@@ -120,7 +120,7 @@ def default_source(teacher:nn.Module, methods:list[Method]) -> TeacherSource:
 # %% ../nbs/10_distill.ipynb #8455d6cc
 def set_context(m:Method, l:Learner):
     "Tell method `m` where the training of `l` is: epoch, stage length, step and the batch's dataset indices."
-    m.epoch, m.n_epochs = run_epoch(l), run_epoch(l) - l.epoch + l.n_epoch  # counting the epochs before a resume
+    m.epoch, m.n_epochs = epoch_in_run(l), epoch_in_run(l) - l.epoch + l.n_epoch  # counting the epochs before a resume
     m.step, m.batch_index = m.epoch * l.n_iter + l.iter, getattr(l, 'batch_index', None)
 
 class Distiller(Callback):
@@ -183,10 +183,6 @@ class PeerAccuracy(Metric):
     def name(self): return 'peer_top1'
 
 # %% ../nbs/10_distill.ipynb #7c206606
-def load_teacher(name:str, ckpt=None, num_classes:int=100, download:bool=False) -> nn.Module:
-    "Zoo model `name` (or its RepDistiller/mdistiller alias), with the weights in `ckpt` if given: a kdnb run's last.pt (a distilled run's student), a state_dict, or a RepDistiller/mdistiller checkpoint."
-    return create_model(name, num_classes, checkpoint_path=ckpt, download=download)  # one loader for every format, and one error naming both networks
-
 def distill_learner(dls, student:nn.Module, teacher:nn.Module, method:Method, recipe:Recipe, out,
                     source:TeacherSource|None=None, speed:Speed|None=None, sync_bn:bool=False):
     "A `Learner` that distils `teacher` into `student` with `method` (a DML peer trains with the student's recipe); returns (learn, lr)."
@@ -271,7 +267,7 @@ def distill_model(student:str, teacher:str, method:str='KD', teacher_ckpt=None, 
     sp = distill_speed(speed, device, precision, [m], teacher_logits, teacher_ckpt)
     dls = make_run_dataloaders(dataset, data_root, recipe.bs, num_workers, device, download, seed, max_items, sp)
     set_seed(seed)  # a teacher without a checkpoint is the same untrained network every time
-    t_net = load_teacher(teacher, teacher_ckpt, dls.num_classes, download) if not m.trains_teacher else None
+    t_net = create_model(teacher, dls.num_classes, checkpoint_path=teacher_ckpt, download=download) if not m.trains_teacher else None
     set_seed(seed)
     s_net = create_model(student, dls.num_classes)
     if m.trains_teacher: t_net = create_model(teacher, dls.num_classes)  # DML: a fresh peer, trained from scratch

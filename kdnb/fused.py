@@ -15,13 +15,13 @@ from fastai.torch_core import set_seed, trainable_params
 from fastai.callback.core import Callback
 from .core import KdnbError, DirLock, save_json, load_json
 from .models.core import FeatureHooks, create_model
-from .train import (Recipe, reference_recipe, make_learner, top1, top5, run_epoch, check_batches, make_run_dataloaders,
+from .train import (Recipe, reference_recipe, make_learner, top1, top5, epoch_in_run, check_batches, make_run_dataloaders,
                     seed_training, random_state, set_random_state, fit_epochs)
 from .runs import prepare_run_dir, run_dir, load_weights, run_results, write_epoch
 from .fast import prepare_models
 from .distributed import world_size
 from .distill import (DistillationModel, Distiller, logits_features, make_method, distill_speed, distill_config, teacher_source, default_source,
-                      run_pre_stages, load_teacher, set_context, distill_model)
+                      run_pre_stages, set_context, distill_model)
 
 # %% auto #0
 __all__ = ['FusedStudents', 'fused_ce', 'member_labels', 'member_metric', 'FusedDistiller', 'member_opt_state', 'fused_opt_state',
@@ -125,7 +125,7 @@ class FusedCheckpointer(Callback):
     def __init__(self, outs:list, configs:list[dict], histories:list[list]):
         self.outs, self.configs, self.histories = [Path(o) for o in outs], configs, [list(h) for h in histories]
     def before_epoch(self):
-        self.recorder.log[0] = run_epoch(self.learn)
+        self.recorder.log[0] = epoch_in_run(self.learn)
         self.t0 = time.time()
     def after_epoch(self):
         log = dict(zip([n for n in self.recorder.metric_names if n != 'time'], self.recorder.log))
@@ -222,7 +222,7 @@ def distill_fused(student:str, teacher:str, methods:list[str], teacher_ckpt=None
     dls = make_run_dataloaders(dataset, data_root, recipe.bs, num_workers, device, download, seed, max_items, sp)
     check_batches(dls)
     set_seed(seed)
-    t_net = load_teacher(teacher, teacher_ckpt, dls.num_classes, download)
+    t_net = create_model(teacher, dls.num_classes, checkpoint_path=teacher_ckpt, download=download)
     if teacher_ckpt is None: print(f"warning: no --teacher-ckpt, distilling from an untrained {teacher}")
     members, configs = _fused_members(made, student, t_net, dls, seed, lambda m, hp, s_net: distill_config(
         m, hp, s_net, t_net, teacher_ckpt, teacher_logits, dataset, dls, seed, max_items, sp, recipe))

@@ -26,7 +26,7 @@ from .models.core import create_model
 from .runs import write_epoch, load_weights, run_dir, prepare_run_dir, run_results, load_json
 
 # %% auto #0
-__all__ = ['RECIPES', 'Recipe', 'reference_recipe', 'run_epoch', 'MultiStepLR', 'top1', 'top5', 'LossNotFinite', 'EpochLoss',
+__all__ = ['RECIPES', 'Recipe', 'reference_recipe', 'epoch_in_run', 'MultiStepLR', 'top1', 'top5', 'LossNotFinite', 'EpochLoss',
            'random_state', 'set_random_state', 'seed_training', 'Checkpointer', 'check_batches', 'one_process_per_run',
            'make_learner', 'fit_run', 'fit_epochs', 'make_run_dataloaders', 'train_model']
 
@@ -76,7 +76,7 @@ def reference_recipe(model_name:str, benchmark:str='reference') -> Recipe:
     return Recipe(**asdict(next(r for pat, r in RECIPES[benchmark] if fnmatch.fnmatch(name, pat))))  # a copy, free to change
 
 # %% ../nbs/07_train.ipynb #77c663c0
-def run_epoch(learn) -> int:
+def epoch_in_run(learn) -> int:
     "The epoch of the whole run (counting epochs done before a resume)."
     return getattr(learn, 'epoch_offset', 0) + learn.epoch
 
@@ -88,7 +88,7 @@ class MultiStepLR(Callback):
         if self.opt is not None: self.base = [h['lr'] for h in self.opt.hypers]
     def before_epoch(self):
         if self.opt is None: return  # `Learner.validate` without training: no optimiser, no schedule
-        scale = self.gamma ** sum(run_epoch(self.learn) >= m for m in self.milestones)
+        scale = self.gamma ** sum(epoch_in_run(self.learn) >= m for m in self.milestones)
         self.opt.set_hyper('lr', [lr * scale for lr in self.base])
 
 def top1(inp, targ): return accuracy(inp, targ)
@@ -109,7 +109,7 @@ class EpochLoss(Callback):
         if math.isfinite(self.mean): return
         sums = getattr(getattr(self.learn, 'distiller', None), 'sums', {})  # a distillation's per-term sums
         bad = [k for k, v in sums.items() if not math.isfinite(float(v))]
-        raise LossNotFinite(f"the training loss is not finite ({self.mean}) in epoch {run_epoch(self.learn)}"
+        raise LossNotFinite(f"the training loss is not finite ({self.mean}) in epoch {epoch_in_run(self.learn)}"
                         + (f", loss term{'s' * (len(bad) > 1)} {', '.join(bad)}" if bad else '')
                         + "; the run stops without saving that epoch: lower --lr or change the hyper-parameters, then start it again")
 
@@ -137,7 +137,7 @@ class Checkpointer(Callback):
     def __init__(self, out, config:dict, history:list|None=None):
         self.out, self.config, self.history = Path(out), config, list(history or [])
     def before_epoch(self):
-        self.recorder.log[0] = run_epoch(self.learn)  # the progress table shows the run's epoch
+        self.recorder.log[0] = epoch_in_run(self.learn)  # the progress table shows the run's epoch
         self.t0 = time.time()
     def after_epoch(self):
         names = [n for n in self.recorder.metric_names if n != 'time']

@@ -267,7 +267,7 @@ def _check_method_run(file, where, m:str, chain:tuple, variant:str):
     if variant == 'precomputed' and (not meth.logits_only or meth.trains_teacher):
         _fail(file, where, 'teacher_logits', f"{m} cannot use pre-computed teacher logits (it needs the teacher's features or trains it); only {', '.join(n for n in METHODS.names() if create_method(n).logits_only and not create_method(n).trains_teacher)} can")
 
-def _distill_cells(cells:_Cells, where, s:dict, rec:dict, low:str, chain:tuple, tid, tck, m:str, hps:dict, variant:str) -> list[str]:
+def _distill_cells(cells:_Cells, where, s:dict, run_settings:dict, low:str, chain:tuple, tid, tck, m:str, hps:dict, variant:str) -> list[str]:
     "The cells of method `m` along `chain` (each step's student teaches the next), one chain per seed; the ids of each seed's last cell."
     from kdnb.methods import create_method
     from kdnb.distill import default_hparams
@@ -283,7 +283,7 @@ def _distill_cells(cells:_Cells, where, s:dict, rec:dict, low:str, chain:tuple, 
             name = m + ('-precomputed' if variant == 'precomputed' else '') + (f'-{_hash(hp)}' if hp != base else '') + low
             prev = cells.add(Cell(f"{s['dataset']}/distill/{'_'.join(chain[:i + 1])}/{name}/s{sd}", 'distill', seed=sd, teacher=a, student=b,
                                   method=m, hparams=hp, teacher_logits=variant, after=[] if meth.trains_teacher or prev is None else [prev],
-                                  teacher_ckpt=tck if i == 1 and not meth.trains_teacher else None, **rec, fuse=s['fuse'] and meth.fusable), where)
+                                  teacher_ckpt=tck if i == 1 and not meth.trains_teacher else None, **run_settings, fuse=s['fuse'] and meth.fusable), where)
         ids.append(prev)
     return ids
 
@@ -294,9 +294,9 @@ def _expand_experiment(cells:_Cells, ename:str, e, top:dict, teacher_file) -> li
     for k in e:
         if k not in EXPERIMENT_KEYS: _fail(file, where, k, f"unknown field; allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
     s = {**top, **_check_settings(file, where, e)}
-    rec = {k: s[k] for k in ('dataset', 'epochs', 'lr', 'bs', 'max_items', 'data_root', 'speed', 'precision', 'benchmark', 'gpus')}
+    run_settings = {k: s[k] for k in ('dataset', 'epochs', 'lr', 'bs', 'max_items', 'data_root', 'speed', 'precision', 'benchmark', 'gpus')}
     low = '-bf16' if s['precision'] == 'bf16' else ''  # a bf16 run is another experiment than the fp32 one
-    def train(m, seed): return cells.add(Cell(f"{s['dataset']}/train/{m}{low}/s{seed}", 'train', seed=seed, model=m, **rec), where)
+    def train(m, seed): return cells.add(Cell(f"{s['dataset']}/train/{m}{low}/s{seed}", 'train', seed=seed, model=m, **run_settings), where)
     ref = _references(file, where, e)
     models, pairs, methods, hps, variants = _experiment_lists(file, where, e)
     entries = [Entry(ename, s['dataset'], m, [train(m, sd) for sd in s['seeds']], ref(s['dataset'], m)) for m in models]
@@ -310,7 +310,7 @@ def _expand_experiment(cells:_Cells, ename:str, e, top:dict, teacher_file) -> li
             for v in variants:
                 _check_method_run(file, f"{where}, method {m!r}", m, chain, v)
                 row = m if len(variants) == 1 else f"{m} ({v})"
-                entries.append(Entry(ename, col, row, _distill_cells(cells, f"{where}, method {m!r}", s, rec, low, chain, tid, tck, m, hps[m], v), ref(col, row)))
+                entries.append(Entry(ename, col, row, _distill_cells(cells, f"{where}, method {m!r}", s, run_settings, low, chain, tid, tck, m, hps[m], v), ref(col, row)))
     return entries
 
 def expand_grid(spec:dict, file='grid spec', teachers=None) -> Plan:
