@@ -76,14 +76,11 @@ def _common(a): return dict(dataset=a.dataset, data_root=a.data_root, download=a
                             sync_bn=a.sync_bn)
 
 def _run(target:str, kwargs:dict, gpus:int):
-    "`target(**kwargs)` in this process, or in `gpus` processes started by torchrun (not when already under torchrun)."
-    import importlib, os
+    "`target(**kwargs)` in `gpus` processes started by torchrun (`kdnb.distributed.run_in_processes`), or in this one."
+    import os
+    from kdnb.distributed import run_in_processes
     if kwargs.get('sync_bn') and gpus == 1 and 'WORLD_SIZE' not in os.environ: raise KdnbError("--sync-bn goes with --gpus N (N > 1)")
-    if gpus > 1 and 'WORLD_SIZE' not in os.environ:
-        from kdnb.distributed import run_in_processes
-        return run_in_processes(target, kwargs, gpus)
-    module, _, name = target.partition(':')
-    return getattr(importlib.import_module(module), name)(**kwargs)
+    return run_in_processes(target, kwargs, gpus)
 
 def _listing_commands(sub):
     "`kdnb models | methods | datasets`."

@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/distributed.html.md"""
 
 # %% ../nbs/06f_distributed.ipynb #14ae58ce
 from __future__ import annotations
-import json, os, subprocess, sys, tempfile
+import importlib, json, os, subprocess, sys, tempfile
 from dataclasses import replace
 from pathlib import Path
 import torch, torch.distributed as dist
@@ -17,7 +17,7 @@ from .fast import Speed
 
 # %% auto #0
 __all__ = ['world_size', 'is_main_process', 'unwrap', 'RankDL', 'DDPTrainer', 'process_mean', 'process_device', 'process_batch',
-           'distributed_speed', 'torchrun_command', 'run_worker', 'run_in_processes']
+           'distributed_speed', 'torchrun_command', 'call', 'run_worker', 'run_in_processes']
 
 # %% ../nbs/06f_distributed.ipynb #004b711f
 def world_size() -> int:
@@ -74,10 +74,10 @@ def process_batch(bs:int) -> int:
     return bs // n
 
 def distributed_speed(sp:Speed, asked) -> Speed:
-    "`sp` for a run of several processes: without the one-GPU data options if `asked` was 'auto', else refused if it has them."
+    "`sp` for a run of several processes: without the one-GPU data options a preset (`asked`: auto, fast) brought; refused if asked for by name."
     if world_size() == 1 or not (sp.device_data or sp.teacher_cache): return sp
-    if str(asked or 'auto').split(',')[0].strip() in ('auto', 'fast') and 'device_data' not in str(asked) and 'teacher_cache' not in str(asked):
-        return replace(sp, device_data=False, teacher_cache=False)
+    named = {p.strip().partition('=')[0] for p in str(asked or '').split(',')}  # options asked for by name ('-name' turns one off)
+    if not named & {'device_data', 'teacher_cache'}: return replace(sp, device_data=False, teacher_cache=False)  # from a preset
     raise KdnbError("device_data and teacher_cache keep the training set on one GPU, so a run on several processes cannot use them; "
                     "leave them out of --speed (e.g. --speed fast,-device_data)")
 
@@ -89,11 +89,14 @@ def torchrun_command(target:str, kwargs:dict, n:int, result) -> list[str]:
     return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc-per-node={n}', '--no-python',
             sys.executable, '-c', _WORKER, target, json.dumps(kwargs, default=str), str(result)]
 
+def call(target:str, kwargs:dict):
+    "`target(**kwargs)`, `target` naming a function as 'module:function'."
+    module, _, name = target.partition(':')
+    return getattr(importlib.import_module(module), name)(**kwargs)
+
 def run_worker(target:str, kwargs:str, result:str) -> int:
     "One process of `run_in_processes`: call `target(**kwargs)`; process 0 writes its return value (or its error) to `result`."
-    import importlib
-    module, _, name = target.partition(':')
-    try: out, code = dict(value=getattr(importlib.import_module(module), name)(**json.loads(kwargs))), 0
+    try: out, code = dict(value=call(target, json.loads(kwargs))), 0
     except KdnbError as e: out, code = dict(error=str(e)), 2
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
@@ -104,10 +107,11 @@ def run_worker(target:str, kwargs:str, result:str) -> int:
 def run_in_processes(target:str, kwargs:dict, n:int):
     "`target(**kwargs)` run in `n` processes (DDP, one per GPU, or CPU processes with device='cpu'); what process 0 returned."
     if n < 1: raise KdnbError(f"--gpus {n}: pass 1 or more processes")
+    if n == 1 or 'WORLD_SIZE' in os.environ: return call(target, kwargs)  # one process, or already one of a torchrun launch
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp)/'result.json'
         rc = subprocess.run(torchrun_command(target, kwargs, n, result)).returncode
-        errors = [load_json(f)['error'] for f in sorted(Path(tmp).glob('result.json*')) if 'error' in load_json(f)]
+        errors = [r['error'] for r in map(load_json, sorted(Path(tmp).glob('result.json*'))) if 'error' in r]
         if errors: raise KdnbError(errors[0])
         if rc or not result.exists(): raise KdnbError(f"a process of the run failed (torchrun exit {rc}; its output above says why); fix that and run again with --resume")
         return load_json(result)['value']

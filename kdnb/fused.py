@@ -214,7 +214,6 @@ def distill_fused(student:str, teacher:str, methods:list[str], teacher_ckpt=None
                   benchmark:str='reference') -> list[dict]:
     "Distil `teacher` into one fresh `student` per method of `methods` in one training loop; each run's files go to its folder of `outs` (default `out/METHOD`)."
     made = _fused_methods(methods, hparams, teacher, student, teacher_logits)
-    hparams = list(hparams or [{}] * len(methods))
     outs = [Path(o) for o in (outs or [Path(out)/lab for lab in member_labels([m.method_name for m, _ in made])])]
     if len(outs) != len(made) or len(set(outs)) != len(outs): raise KdnbError("fused students need one output folder each, all different")
     recipe = reference_recipe(student, benchmark).scaled(epochs, lr=lr, bs=bs)
@@ -232,7 +231,7 @@ def distill_fused(student:str, teacher:str, methods:list[str], teacher_ckpt=None
                       download=download, max_items=max_items, speed=speed, precision=precision, benchmark=benchmark)
     failed = []
     for k in (k for k in alone if not (outs[k]/'results.json').exists()):
-        try: distill_model(method=made[k][0].method_name, out=outs[k], resume=True, **alone_args, **hparams[k])
+        try: distill_model(method=made[k][0].method_name, out=outs[k], resume=True, **alone_args, **made[k][1])  # the same hyper-parameters
         except KdnbError as e: failed.append(f"{made[k][0].method_name} ({outs[k]}): {e}")
     if failed: raise KdnbError(f"{len(failed)} of {len(made)} fused students failed: " + '; '.join(failed))
     return [load_json(o/'results.json') for o in outs]
