@@ -16,7 +16,7 @@ from .core import KdnbError, check_number, check_device
 from .data import ImageArrayDataset, WithIndex, cifar_transforms, indexed_dataloaders, CIFAR100_STATS
 from .models.core import create_model
 from .losses import kd_loss
-from .train import Recipe
+from .config import Recipe, RunConfig
 from .fast import parse_speed, prepare_models, array_dataloaders, load_or_build_cache
 
 # %% auto #0
@@ -199,9 +199,9 @@ def accuracy_check(device, print_=print, epochs:int=3):
     from kdnb.train import train_model
     from kdnb.distill import distill_model
     out = Path(tempfile.mkdtemp())
-    train_model('WRN-16-2', out=out/'teacher', epochs=epochs, device=device, progress=False, speed='off')
-    curves = {sp: distill_model('WRN-16-1', 'WRN-16-2', 'KD', out/'teacher'/'last.pt', out=out/sp.replace(',', '_'), epochs=epochs,
-                                device=device, progress=False, speed=sp, precision='bf16' if sp == 'fast' else 'fp32')['history'] for sp in ('off', 'fast')}
+    train_model(model='WRN-16-2', out=out/'teacher', epochs=epochs, device=device, progress=False, speed='off')
+    kd = RunConfig('WRN-16-1', teacher='WRN-16-2', teacher_ckpt=out/'teacher'/'last.pt', epochs=epochs, device=device, progress=False)
+    curves = {sp: distill_model(kd, out=out/sp, speed=sp, precision='bf16' if sp == 'fast' else 'fp32')['history'] for sp in ('off', 'fast')}
     print_(f"accuracy check (embedded CIFAR-10 subset, KD WRN-16-2 -> WRN-16-1, {epochs} epochs): train loss / test top-1")
     for e in range(epochs):
         print_(f"  epoch {e + 1}:  plain {curves['off'][e]['train_loss']:.4f} / {curves['off'][e]['top1']:.2%}   "

@@ -7,12 +7,14 @@ Docs: https://kdnb-team.github.io/kdnb/cli.html.md"""
 # %% ../nbs/20_cli.ipynb #e6588a8d
 from __future__ import annotations
 import argparse, sys
+from dataclasses import replace
 from pathlib import Path
 from .core import KdnbError, atomic_write, check_number
+from .config import launch_run
 
 # %% auto #0
-__all__ = ['count', 'positive', 'real', 'HPARAM_FLAGS', 'GRID_COMMANDS', 'COMMANDS', 'number', 'switch', 'hparam', 'parser',
-           'demo', 'plot_runs', 'main']
+__all__ = ['count', 'positive', 'real', 'HPARAM_FLAGS', 'REQUIRED', 'GRID_COMMANDS', 'COMMANDS', 'number', 'switch', 'hparam',
+           'run_flags', 'run_config', 'parser', 'demo', 'plot_runs', 'main']
 
 # %% ../nbs/20_cli.ipynb #5abf6294
 class _Parser(argparse.ArgumentParser):
@@ -49,38 +51,30 @@ def hparam(s:str) -> tuple:
 HPARAM_FLAGS = {'alpha': real, 'beta': real, 'gamma': real, 'T': real, 'tau': real, 'weight': real, 'p': real, 'hint_epochs': count,
                 'warmup': count, 'init_epochs': count, 'nce_k': positive, 'logit_stand': switch}
 
-def _run_args(p:argparse.ArgumentParser):
-    p.add_argument('--dataset', default='cifar10-subset', help='dataset name (kdnb datasets); default: the embedded offline subset')
-    p.add_argument('--data-root', type=Path, help='folder holding the dataset files (CIFAR-10/100, image folders)')
-    p.add_argument('--download', action='store_true', help="let torchvision download CIFAR, and a teacher's published weights (needs network)")
-    p.add_argument('--epochs', type=positive, help='epochs (default: the reference recipe; milestones scale with it)')
-    p.add_argument('--out', type=Path, required=True, help='run directory (config, history.csv, last.pt, results.json)')
-    p.add_argument('--resume', action='store_true', help='continue the run in --out from its last checkpoint')
-    p.add_argument('--lr', type=number(above=0)); p.add_argument('--bs', type=positive)
-    p.add_argument('--seed', type=count, default=0)
-    p.add_argument('--max-items', type=positive, help='use only the first N images of each split (quick checks)')
-    p.add_argument('--workers', type=count, default=0, help='DataLoader worker processes')
-    p.add_argument('--device', help='cpu, cuda, cuda:1 ... (default: a GPU if there is one)')
-    p.add_argument('--speed', default='auto', help="speed options: auto (fast on a GPU), off, fast, or a list such as fast,compile,teacher_cache")
-    p.add_argument('--precision', default='fp32', choices=['fp32', 'bf16'], help="fp32 (as the reference trained) or bf16 autocast (faster on a GPU; changes results)")
-    p.add_argument('--benchmark', default='reference', choices=['reference', 'crd', 'imagenet'],
-                   help="whose recipe: the reference's, the CRD/DKD tables' (240 epochs, lr 0.05; 0.01 for MobileNetV2/ShuffleNet), or ImageNet's (100 epochs, batch 256, lr 0.1)")
-    p.add_argument('--gpus', type=positive, default=1, help='processes of one DDP run, one per GPU (with --device cpu: CPU processes); '
-                   'the recipe\'s batch is split over them. Several machines: start torchrun yourself and leave --gpus out')
-    p.add_argument('--sync-bn', action='store_true', help="with --gpus N: normalise the student's batches over all GPUs (SyncBatchNorm)")
-    p.add_argument('--no-progress', action='store_true')
+REQUIRED = ('teacher', 'out')  # asked for on the command line though the library has defaults: a run's folder is chosen on purpose
 
-def _common(a): return dict(dataset=a.dataset, data_root=a.data_root, download=a.download, epochs=a.epochs, out=a.out,
-                            resume=a.resume, lr=a.lr, bs=a.bs, seed=a.seed, num_workers=a.workers, device=a.device,
-                            progress=not a.no_progress, speed=a.speed, precision=a.precision, max_items=a.max_items, benchmark=a.benchmark,
-                            sync_bn=a.sync_bn)
+def run_flags(p:argparse.ArgumentParser, command:str):
+    "A flag for each `RunConfig` field that `command` (train or distill) takes, with the field's help, check and default."
+    from dataclasses import fields, MISSING
+    from kdnb.config import RunConfig, flag_name
+    for f in fields(RunConfig):
+        m = f.metadata
+        if command not in m['commands'] or m['flag'] is False: continue
+        kw = dict(dest=f.name, help=m['help'])
+        if isinstance(f.default, bool): kw['action'] = 'store_false' if f.default else 'store_true'
+        else:
+            kw.update(type=number(**m['number']) if m['number'] else str, choices=m['choices'])
+            if f.default is MISSING or f.name in REQUIRED: kw['required'] = True
+            else: kw['default'] = f.default
+        p.add_argument(flag_name(f.name, command), **kw)
 
-def _run(target:str, kwargs:dict, gpus:int):
-    "`target(**kwargs)` in `gpus` processes started by torchrun (`kdnb.distributed.run_in_processes`), or in this one."
-    import os
-    from kdnb.distributed import run_in_processes
-    if kwargs.get('sync_bn') and gpus == 1 and 'WORLD_SIZE' not in os.environ: raise KdnbError("--sync-bn goes with --gpus N (N > 1)")
-    return run_in_processes(target, kwargs, gpus)
+def run_config(a):
+    "The `RunConfig` of a `kdnb train` or `kdnb distill` command line: its flags, the hyper-parameter flags and `--hp` into `hparams`."
+    from dataclasses import fields
+    from kdnb.config import RunConfig
+    given = {f.name: getattr(a, f.name) for f in fields(RunConfig) if hasattr(a, f.name)}
+    if a.cmd == 'distill': given['hparams'] = {**{k: getattr(a, k) for k in HPARAM_FLAGS if getattr(a, k) is not None}, **dict(a.hp)}
+    return RunConfig(**given)
 
 def _listing_commands(sub):
     "`kdnb models | methods | datasets`."
@@ -90,20 +84,14 @@ def _listing_commands(sub):
 
 def _run_commands(sub):
     "`kdnb train` and `kdnb distill`: one run each."
-    t = sub.add_parser('train', help='train a zoo model from scratch with the reference recipe')
-    t.add_argument('--model', required=True); _run_args(t)
+    run_flags(sub.add_parser('train', help='train a zoo model from scratch with the reference recipe'), 'train')
     d = sub.add_parser('distill', help='distil a teacher into a student')
-    d.add_argument('--teacher', required=True, help='a zoo model (kdnb models), or a library\'s: torchvision:resnet34, timm:resnet50')
-    d.add_argument('--teacher-ckpt', type=Path, help="the teacher's weights: a kdnb run's last.pt, a state_dict, or a RepDistiller/mdistiller checkpoint")
-    d.add_argument('--teacher-weights', help="instead: the library's published weights of a torchvision:/timm: teacher (DEFAULT, IMAGENET1K_V1...), from PyTorch's hub cache")
-    d.add_argument('--student', required=True)
-    d.add_argument('--method', default='KD', help='the method; several, comma-separated (KD,DIST,AT), train one student each in one fused '
-                   'run (one teacher pass per batch), each into --out/METHOD; a hyper-parameter flag goes to the methods that take it')
-    d.add_argument('--teacher-logits', default='online', choices=['online', 'precomputed'])
+    run_flags(d, 'distill')
+    d.add_argument('--teacher-weights', help="instead of --teacher-ckpt: the library's published weights of a torchvision:/timm: teacher "
+                   "(DEFAULT, IMAGENET1K_V1...), from PyTorch's hub cache")
     for k, typ in HPARAM_FLAGS.items(): d.add_argument(f'--{k.replace("_", "-")}', dest=k, type=typ)
     d.add_argument('--hp', action='append', default=[], type=hparam, metavar='NAME=VALUE',
                    help="any hyper-parameter of the method (a plugin's too), repeatable: --hp delta=0.09 --hp logit_stand=true")
-    _run_args(d)
 
 def _demo_command(sub):
     "`kdnb demo`."
@@ -184,26 +172,17 @@ def _datasets(a):
     print('\n'.join(list_datasets()))
 
 def _train(a):
-    _report(_run('kdnb.train:train_model', dict(model=a.model, **_common(a)), a.gpus), a.out)
+    cfg = run_config(a)
+    _report(launch_run(cfg), cfg.out)
 
 def _distill(a):
-    hp = {**{k: getattr(a, k) for k in HPARAM_FLAGS if getattr(a, k) is not None}, **dict(a.hp)}
-    methods = [m.strip() for m in a.method.split(',') if m.strip()]
     if a.teacher_weights and a.teacher_ckpt: raise KdnbError("--teacher-ckpt and --teacher-weights both give the teacher's weights; pass one")
-    ckpt = f'pretrained:{a.teacher_weights}' if a.teacher_weights else a.teacher_ckpt
-    if len(methods) == 1:
-        run = dict(student=a.student, teacher=a.teacher, method=methods[0], teacher_ckpt=ckpt, teacher_logits=a.teacher_logits, **_common(a), **hp)
-        return _report(_run('kdnb.distill:distill_model', run, a.gpus), a.out)
-    if a.gpus > 1: raise KdnbError("fused students train in one process; pass one method with --gpus, or leave out --gpus")
-    from kdnb.methods import create_method
-    from kdnb.fused import distill_fused
-    takes = [set(create_method(m).hparams(every=True)) for m in methods]
-    unused = [k for k in hp if not any(k in t for t in takes)]
-    if unused: raise KdnbError(f"none of {', '.join(methods)} takes the hyper-parameter {unused[0]!r}; leave it out")
-    results = distill_fused(a.student, a.teacher, methods, ckpt, teacher_logits=a.teacher_logits,
-                            hparams=[{k: v for k, v in hp.items() if k in t} for t in takes],
-                            **{k: v for k, v in _common(a).items() if k != 'sync_bn'})
-    for r in results: print(f"{r['config']['method']:12s}", end=' '); _report(r, Path(a.out)/r['config']['method'])
+    methods = [m.strip() for m in (a.method or 'KD').split(',') if m.strip()]
+    cfg = replace(run_config(a), method=methods[0], teacher_ckpt=f'pretrained:{a.teacher_weights}' if a.teacher_weights else a.teacher_ckpt)
+    if len(methods) == 1: return _report(launch_run(cfg), cfg.out)
+    if cfg.gpus > 1 or cfg.sync_bn: raise KdnbError("fused students train in one process; pass one method with --gpus or --sync-bn, or leave those out")
+    from kdnb.fused import distill_fused, fused_configs
+    for r in distill_fused(fused_configs(cfg, methods)): print(f"{r['config']['method']:12s}", end=' '); _report(r, Path(cfg.out)/r['config']['method'])
 
 def _report(res, out):
     l, b = res['last'], res['best']
@@ -215,10 +194,10 @@ def demo(out='runs/demo', teacher_epochs:int=8, student_epochs:int=5, device=Non
     from kdnb.distill import distill_model
     out = Path(out)
     kw = dict(dataset='cifar10-subset', device=device, progress=progress, resume=True)
-    runs = {'teacher WRN-16-2': train_model('WRN-16-2', out=out/'teacher', epochs=teacher_epochs, **kw),
-            'student WRN-16-1 alone': train_model('WRN-16-1', out=out/'student-alone', epochs=student_epochs, **kw),
-            'student WRN-16-1 with KD': distill_model('WRN-16-1', 'WRN-16-2', 'KD', out/'teacher'/'last.pt', out=out/'student-kd',
-                                                      epochs=student_epochs, **kw)}
+    runs = {'teacher WRN-16-2': train_model(model='WRN-16-2', out=out/'teacher', epochs=teacher_epochs, **kw),
+            'student WRN-16-1 alone': train_model(model='WRN-16-1', out=out/'student-alone', epochs=student_epochs, **kw),
+            'student WRN-16-1 with KD': distill_model(model='WRN-16-1', teacher='WRN-16-2', teacher_ckpt=out/'teacher'/'last.pt',
+                                                      out=out/'student-kd', epochs=student_epochs, **kw)}
     print()
     for name, r in runs.items(): print(f"{name:26s} top-1 {r['last']['top1']:.2%}")
     print(f"KD gain over the student alone: {runs['student WRN-16-1 with KD']['last']['top1'] - runs['student WRN-16-1 alone']['last']['top1']:+.2%}")

@@ -9,14 +9,15 @@ from __future__ import annotations
 from .core import KdnbError
 import random
 import numpy as np
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 import torch, torch.nn as nn
 from fastai.callback.core import Callback
 from fastai.learner import Learner, ValueMetric, Metric
 from fastai.torch_core import set_seed, default_device
 from .models.core import Features, FeatureHooks, feature_spec, create_model
-from .train import Recipe, reference_recipe, make_learner, fit_run, make_run_dataloaders, epoch_in_run
+from .config import Recipe, RunConfig, as_config
+from .train import make_learner, fit_run, make_run_dataloaders, epoch_in_run
 from .runs import load_checkpoint
 from .fast import Speed, parse_speed, prepare_models, load_or_build_cache
 from .distributed import unwrap, world_size, process_mean, process_device, distributed_speed
@@ -27,7 +28,7 @@ from .methods import Method, METHODS, create_method
 __all__ = ['PAIR_HPARAMS', 'default_hparams', 'logits_features', 'DistillationModel', 'TeacherSource', 'OnlineTeacher',
            'PeerTeacher', 'PrecomputedTeacher', 'CachedTeacher', 'default_source', 'set_context', 'Distiller',
            'PeerAccuracy', 'distill_learner', 'precompute_teacher_logits', 'make_method', 'distill_speed',
-           'distill_config', 'teacher_source', 'distill_model', 'run_pre_stages']
+           'distill_config', 'teacher_source', 'distill_networks', 'distill_model', 'run_pre_stages']
 
 # %% ../nbs/10_distill.ipynb #dac2f577
 PAIR_HPARAMS = {('SRDwithDIST', 'WRN-40-4', 'WRN-16-2'): {'beta': 4.},
@@ -223,62 +224,58 @@ def make_method(method:str, teacher:str, student:str, teacher_logits:str='online
     name = METHODS.canonical(method)
     hp = {**default_hparams(name, teacher, student), **{k: v for k, v in hparams.items() if v is not None}}
     m = create_method(name, **hp)
-    if teacher_logits not in ('online', 'precomputed'): raise KdnbError(f"teacher_logits must be 'online' or 'precomputed', not {teacher_logits!r}")
     if teacher_logits == 'precomputed' and (not m.logits_only or m.trains_teacher):
         raise KdnbError(f"{name} cannot use pre-computed teacher logits: it needs the teacher's features or trains it")
     return m, hp
 
-def distill_speed(speed, device, precision:str, methods:list, teacher_logits:str, teacher_ckpt) -> Speed:
-    "The run's `Speed`, without the teacher cache where it cannot serve every method."
-    sp = distributed_speed(parse_speed(speed, device, precision), speed)
-    if sp.teacher_cache and (any(not m.logits_only or m.trains_teacher for m in methods) or teacher_logits != 'online' or teacher_ckpt is None
-                             or not Path(teacher_ckpt).is_file()):  # the cache is keyed by the checkpoint file's bytes
+def distill_speed(cfg:RunConfig, device, methods:list) -> Speed:
+    "The `Speed` of run `cfg` on `device`, without the teacher cache where it cannot serve every one of `methods`."
+    sp = distributed_speed(parse_speed(cfg.speed, device, cfg.precision), cfg.speed)
+    if sp.teacher_cache and (any(not m.logits_only or m.trains_teacher for m in methods) or cfg.teacher_logits != 'online'
+                             or cfg.teacher_ckpt is None or not Path(cfg.teacher_ckpt).is_file()):  # the cache is keyed by the checkpoint file's bytes
         names = ', '.join(m.method_name for m in methods)
         print(f"note: teacher_cache is off: it serves logit-only methods with an online, checkpointed teacher, not {names}")
         sp = replace(sp, teacher_cache=False)
     if sp.teacher_cache and not sp.device_data: raise KdnbError("the teacher_cache speed option needs device_data (it looks views up by crop and flip)")
     return sp
 
-def distill_config(m:Method, hp:dict, s_net, t_net, teacher_ckpt, teacher_logits, dataset, dls, seed, max_items, sp:Speed, recipe:Recipe) -> dict:
-    "What defines a distillation run: stored in its `config.json`, checked on resume."
-    config = dict(kind='distill', student=s_net.name, teacher=t_net.name, method=m.method_name, hparams=hp,
-                  teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else None, teacher_logits=teacher_logits,
-                  dataset=dataset, num_classes=dls.num_classes, seed=seed, max_items=max_items, speed=str(sp), precision=sp.precision, **asdict(recipe))
-    config['milestones'] = list(recipe.milestones)
-    return config
+def distill_config(cfg:RunConfig, m:Method, hp:dict, s_net, t_net, num_classes:int, sp:Speed) -> dict:
+    "What defines the distillation run `cfg` (`RunConfig.record`), with the names, hyper-parameters and speed it resolved to."
+    return cfg.record(model=s_net.name, teacher=t_net.name, method=m.method_name, hparams=hp, num_classes=num_classes, speed=str(sp), precision=sp.precision)
 
-def teacher_source(t_net, methods:list[Method], teacher_logits:str, teacher_ckpt, dls, sp:Speed, progress:bool=True) -> TeacherSource:
-    "Where the run's teacher logits come from, chosen once: pre-computed, the teacher cache, or `default_source` (a peer, the forward pass)."
-    if teacher_logits == 'precomputed': return PrecomputedTeacher(precompute_teacher_logits(t_net, dls))
-    if sp.teacher_cache: return CachedTeacher(load_or_build_cache(t_net, teacher_ckpt, dls.train, bf16=sp.bf16, progress=progress))
+def teacher_source(t_net, methods:list[Method], cfg:RunConfig, dls, sp:Speed) -> TeacherSource:
+    "Where run `cfg`'s teacher logits come from, chosen once: pre-computed, the teacher cache, or `default_source` (a peer, the forward pass)."
+    if cfg.teacher_logits == 'precomputed': return PrecomputedTeacher(precompute_teacher_logits(t_net, dls))
+    if sp.teacher_cache: return CachedTeacher(load_or_build_cache(t_net, cfg.teacher_ckpt, dls.train, bf16=sp.bf16, progress=cfg.progress))
     return default_source(t_net, methods)
 
-def distill_model(student:str, teacher:str, method:str='KD', teacher_ckpt=None, dataset:str='cifar10-subset',
-                  out='runs/distill', epochs:int|None=None, resume:bool=False, data_root=None, lr:float|None=None,
-                  bs:int|None=None, seed:int=0, num_workers:int=0, device=None, progress:bool=True,
-                  teacher_logits:str='online', download:bool=False, max_items:int|None=None, speed='auto', precision:str='fp32',
-                  benchmark:str='reference', sync_bn:bool=False, **hparams) -> dict:
-    "Distil zoo model `teacher` (weights from `teacher_ckpt`) into a fresh zoo `student` with `method`, with the recipe of `benchmark`."
-    m, hp = make_method(method, teacher, student, teacher_logits, **hparams)
+def distill_networks(cfg:RunConfig, m:Method, num_classes:int) -> tuple:
+    "(teacher, student) of run `cfg`: the teacher from its checkpoint (DML: a fresh peer), the student fresh, each initialised as in any run."
+    set_seed(cfg.seed)  # a teacher without a checkpoint is the same untrained network every time
+    t_net = None if m.trains_teacher else create_model(cfg.teacher, num_classes, checkpoint_path=cfg.teacher_ckpt, download=cfg.download)
+    set_seed(cfg.seed)
+    s_net = create_model(cfg.model, num_classes)
+    if m.trains_teacher: t_net = create_model(cfg.teacher, num_classes)  # DML: a fresh peer, trained from scratch
+    elif cfg.teacher_ckpt is None: print(f"warning: no teacher_ckpt, distilling from an untrained {cfg.teacher}")
+    return t_net, s_net
+
+def distill_model(cfg:RunConfig|None=None, **overrides) -> dict:
+    "Distil run `cfg` (or `RunConfig(**overrides)`): its teacher (weights from `teacher_ckpt`) into a fresh `model` with `method`, with its benchmark's recipe."
+    cfg = as_config(cfg, overrides)
+    if cfg.kind != 'distill': raise KdnbError(f"this run has no teacher to distil {cfg.model} from: give it one, or run it with train_model")
+    m, hp = make_method(cfg.method, cfg.teacher, cfg.model, cfg.teacher_logits, **cfg.hparams)
     if world_size() > 1 and m.ddp_obstacle:
         raise KdnbError(f"{m.method_name} cannot train in several processes: {m.ddp_obstacle}; run it in one (leave out --gpus)")
-    device = process_device(device)  # under torchrun: this process's GPU
-    recipe = reference_recipe(student, benchmark).scaled(epochs, lr=lr, bs=bs)
-    sp = distill_speed(speed, device, precision, [m], teacher_logits, teacher_ckpt)
-    dls = make_run_dataloaders(dataset, data_root, recipe.bs, num_workers, device, download, seed, max_items, sp)
-    set_seed(seed)  # a teacher without a checkpoint is the same untrained network every time
-    t_net = create_model(teacher, dls.num_classes, checkpoint_path=teacher_ckpt, download=download) if not m.trains_teacher else None
-    set_seed(seed)
-    s_net = create_model(student, dls.num_classes)
-    if m.trains_teacher: t_net = create_model(teacher, dls.num_classes)  # DML: a fresh peer, trained from scratch
-    elif teacher_ckpt is None: print(f"warning: no --teacher-ckpt, distilling from an untrained {teacher}")
-    config = distill_config(m, hp, s_net, t_net, teacher_ckpt, teacher_logits, dataset, dls, seed, max_items, sp, recipe)
-    out = Path(out)
-    start = run_pre_stages(dls, s_net, t_net, m, recipe, out, config, resume, progress)
-    source = teacher_source(t_net, [m], teacher_logits, teacher_ckpt, dls, sp, progress)
+    recipe, device = cfg.recipe(), process_device(cfg.device)  # under torchrun: this process's GPU
+    sp = distill_speed(cfg, device, [m])
+    dls = make_run_dataloaders(cfg, device, sp)
+    t_net, s_net = distill_networks(cfg, m, dls.num_classes)
+    config, out = distill_config(cfg, m, hp, s_net, t_net, dls.num_classes, sp), Path(cfg.out)
+    start = run_pre_stages(dls, s_net, t_net, m, recipe, out, config, cfg.resume, cfg.progress)
+    source = teacher_source(t_net, [m], cfg, dls, sp)
     prepare_models(sp, s_net, t_net)
-    learn, lr = distill_learner(dls, s_net, t_net, m, recipe, out, source, speed=sp, sync_bn=sync_bn)
-    return fit_run(learn, recipe, out, config, resume, progress, lr=lr, start=start)
+    learn, lr = distill_learner(dls, s_net, t_net, m, recipe, out, source, speed=sp, sync_bn=cfg.sync_bn)
+    return fit_run(learn, recipe, out, config, cfg.resume, cfg.progress, lr=lr, start=start)
 
 def run_pre_stages(dls, student, teacher, method:Method, recipe:Recipe, out, config:dict, resume:bool=False, progress:bool=True) -> dict|None:
     "Train `method`'s pre-stages in order, each a run in `out/NAME` starting where the last ended; returns the last one's final checkpoint."

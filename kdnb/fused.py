@@ -8,6 +8,7 @@ Docs: https://kdnb-team.github.io/kdnb/fused.html.md"""
 from __future__ import annotations
 import time
 from contextlib import ExitStack
+from dataclasses import fields, replace
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastai.learner import AvgMetric, ValueMetric
@@ -15,7 +16,9 @@ from fastai.torch_core import set_seed, trainable_params
 from fastai.callback.core import Callback
 from .core import KdnbError, DirLock, save_json, load_json
 from .models.core import FeatureHooks, create_model
-from .train import (Recipe, reference_recipe, make_learner, top1, top5, epoch_in_run, check_batches, make_run_dataloaders,
+from .config import Recipe, RunConfig, FUSED_APART
+from .methods import METHODS, create_method
+from .train import (make_learner, top1, top5, epoch_in_run, check_batches, make_run_dataloaders,
                     seed_training, random_state, set_random_state, fit_epochs)
 from .runs import prepare_run_dir, run_dir, load_weights, run_results, write_epoch
 from .fast import prepare_models
@@ -25,7 +28,7 @@ from .distill import (DistillationModel, Distiller, logits_features, make_method
 
 # %% auto #0
 __all__ = ['FusedStudents', 'fused_ce', 'member_labels', 'member_metric', 'FusedDistiller', 'member_opt_state', 'fused_opt_state',
-           'fused_learner', 'FusedCheckpointer', 'fit_fused', 'distill_fused']
+           'fused_learner', 'FusedCheckpointer', 'fit_fused', 'fused_configs', 'distill_fused']
 
 # %% ../nbs/10a_fused.ipynb #5b95d80f
 class FusedStudents(nn.Module):
@@ -160,78 +163,83 @@ def fit_fused(learn, recipe:Recipe, outs:list, configs:list[dict], ckpts:list, s
     return results
 
 # %% ../nbs/10a_fused.ipynb #c9c28fbf
-def _fused_methods(methods:list[str], hparams, teacher:str, student:str, teacher_logits:str) -> list[tuple]:
-    "(method, its hyper-parameters) for each of `methods`, refused if it cannot train beside the others."
-    if not methods: raise KdnbError("a fused run needs at least one method")
+def fused_configs(cfg:RunConfig, methods:list[str], hparams:dict|None=None) -> list[RunConfig]:
+    "Run `cfg` once per method of `methods`, each into `cfg.out/METHOD`; each of `hparams` goes to the methods that take it."
+    methods = [METHODS.canonical(m) for m in methods]
+    takes = [set(create_method(m).hparams(every=True)) for m in methods]
+    hp = {**cfg.hparams, **(hparams or {})}
+    if unused := [k for k in hp if not any(k in t for t in takes)]:
+        raise KdnbError(f"none of {', '.join(methods)} takes the hyper-parameter {unused[0]!r}; leave it out")
+    return [replace(cfg, method=m, hparams={k: v for k, v in hp.items() if k in t}, out=str(Path(cfg.out)/lab))
+            for m, t, lab in zip(methods, takes, member_labels(methods))]
+
+def _fused_methods(cfgs:list[RunConfig]) -> list[tuple]:
+    "(method, its hyper-parameters) for each run of `cfgs`, refused if the runs cannot share one loop."
+    if not cfgs: raise KdnbError("a fused run needs at least one run")
     if world_size() > 1:  # one process feeds its students; DDP would average the gradients of several fused loops
         raise KdnbError("fused students train in one process; pass one method per run of several processes (--gpus), or leave out --gpus")
-    hparams = list(hparams or [{}] * len(methods))
-    if len(hparams) != len(methods): raise KdnbError(f"{len(methods)} methods but {len(hparams)} hyper-parameter sets; give one per method")
-    made = [make_method(m, teacher, student, teacher_logits, **hp) for m, hp in zip(methods, hparams)]
+    first = cfgs[0]
+    for c in cfgs[1:]:
+        if c.fused_key() != first.fused_key():
+            k = next(f.name for f in fields(c) if f.name not in (*FUSED_APART, 'resume', 'progress') and getattr(c, f.name) != getattr(first, f.name))
+            raise KdnbError(f"fused students share all but their method, hyper-parameters and folder; two differ in {k} "
+                            f"({getattr(first, k)!r}, {getattr(c, k)!r}): run them apart")
+    if len({c.out for c in cfgs}) != len(cfgs): raise KdnbError("fused students need one output folder each, all different")
+    made = [make_method(c.method, c.teacher, c.model, c.teacher_logits, **c.hparams) for c in cfgs]
     for m, _ in made:
         if not m.fusable:
             why = 'trains its teacher as a peer' if m.trains_teacher else 'trains with an optimiser of its own'
             raise KdnbError(f"{m.method_name} {why}, which fused students cannot share; run it alone (kdnb distill --method {m.method_name})")
     return made
 
-def _fused_members(made:list[tuple], student:str, t_net, dls, seed:int, config) -> tuple[list, list]:
-    "One `DistillationModel` per method, each student and its connectors initialised as in a lone run, and each run's config (`config(method, hp, student)`)."
+def _fused_members(made:list[tuple], cfgs:list[RunConfig], t_net, dls, sp) -> tuple[list, list]:
+    "One `DistillationModel` per run, each student and its connectors initialised as in a lone run, and each run's config."
     members, configs = [], []
-    for m, hp in made:
-        set_seed(seed)
-        s_net = create_model(student, dls.num_classes)
-        configs.append(config(m, hp, s_net))
+    for (m, hp), c in zip(made, cfgs):
+        set_seed(c.seed)
+        s_net = create_model(c.model, dls.num_classes)
+        configs.append(distill_config(c, m, hp, s_net, t_net, dls.num_classes, sp))
         m.attach_data(dls.train.dataset)
         size = getattr(dls, 'image_size', 32)
         members.append(DistillationModel(s_net, t_net, m, input_size=(3, size, size)))
     return members, configs
 
-def _train_fused(members, configs, outs, t_net, dls, recipe, sp, teacher_logits, teacher_ckpt, resume, progress) -> list[int]:
+def _train_fused(members, configs, cfgs, t_net, dls, recipe, sp) -> list[int]:
     "Train the unfinished members in one fused loop, holding every folder's lock; the members left to finish alone."
+    outs, first = [Path(c.out) for c in cfgs], cfgs[0]
     with ExitStack() as locks:
         for o in outs:
             if not locks.enter_context(DirLock(run_dir(o), '.run.lock')).acquire():
                 raise KdnbError(f"{o} is locked by another kdnb process training there; wait for it to finish, or choose another --out")
-        ckpts = [prepare_run_dir(o, c, resume) for o, c in zip(outs, configs)]
+        ckpts = [prepare_run_dir(o, c, first.resume) for o, c in zip(outs, configs)]
         todo = [k for k, o in enumerate(outs) if not (o/'results.json').exists()]
         if not todo: return []
         if len({ckpts[k]['epoch'] if ckpts[k] else 0 for k in todo}) > 1:
             print("note: the students' checkpoints stand at different epochs; each finishes alone"); return todo
         starts = [None if ckpts[k] else run_pre_stages(dls, members[k].student, t_net, members[k].method, recipe, outs[k], configs[k],
-                                                        resume, progress) for k in todo]
-        source = teacher_source(t_net, [members[k].method for k in todo], teacher_logits, teacher_ckpt, dls, sp, progress)
+                                                        first.resume, first.progress) for k in todo]
+        source = teacher_source(t_net, [members[k].method for k in todo], first, dls, sp)
         for k in todo: prepare_models(sp, members[k].student, t_net)
         learn = fused_learner(dls, [members[k] for k in todo], t_net, recipe, outs[todo[0]].parent, source, sp)
-        try: fit_fused(learn, recipe, [outs[k] for k in todo], [configs[k] for k in todo], [ckpts[k] for k in todo], starts, progress)
+        try: fit_fused(learn, recipe, [outs[k] for k in todo], [configs[k] for k in todo], [ckpts[k] for k in todo], starts, first.progress)
         except KdnbError as e:  # e.g. one method's loss turned non-finite: the others must not be lost with it
             print(f"note: the fused run stopped ({e}); each unfinished student finishes alone, from its last checkpoint"); return todo
     return []
 
-def distill_fused(student:str, teacher:str, methods:list[str], teacher_ckpt=None, dataset:str='cifar10-subset', out='runs/fused',
-                  outs:list|None=None, hparams:list[dict]|None=None, epochs:int|None=None, resume:bool=False, data_root=None,
-                  lr:float|None=None, bs:int|None=None, seed:int=0, num_workers:int=0, device=None, progress:bool=True,
-                  teacher_logits:str='online', download:bool=False, max_items:int|None=None, speed='auto', precision:str='fp32',
-                  benchmark:str='reference') -> list[dict]:
-    "Distil `teacher` into one fresh `student` per method of `methods` in one training loop; each run's files go to its folder of `outs` (default `out/METHOD`)."
-    made = _fused_methods(methods, hparams, teacher, student, teacher_logits)
-    outs = [Path(o) for o in (outs or [Path(out)/lab for lab in member_labels([m.method_name for m, _ in made])])]
-    if len(outs) != len(made) or len(set(outs)) != len(outs): raise KdnbError("fused students need one output folder each, all different")
-    recipe = reference_recipe(student, benchmark).scaled(epochs, lr=lr, bs=bs)
-    sp = distill_speed(speed, device, precision, [m for m, _ in made], teacher_logits, teacher_ckpt)
-    dls = make_run_dataloaders(dataset, data_root, recipe.bs, num_workers, device, download, seed, max_items, sp)
+def distill_fused(cfgs:list[RunConfig]) -> list[dict]:
+    "Distil one teacher into one fresh student per run of `cfgs` in one training loop; the runs differ only in `FUSED_APART` (`fused_configs` makes them)."
+    made, cfg = _fused_methods(cfgs), cfgs[0]
+    recipe = cfg.recipe()
+    sp = distill_speed(cfg, cfg.device, [m for m, _ in made])
+    dls = make_run_dataloaders(cfg, cfg.device, sp)
     check_batches(dls)
-    set_seed(seed)
-    t_net = create_model(teacher, dls.num_classes, checkpoint_path=teacher_ckpt, download=download)
-    if teacher_ckpt is None: print(f"warning: no --teacher-ckpt, distilling from an untrained {teacher}")
-    members, configs = _fused_members(made, student, t_net, dls, seed, lambda m, hp, s_net: distill_config(
-        m, hp, s_net, t_net, teacher_ckpt, teacher_logits, dataset, dls, seed, max_items, sp, recipe))
-    alone = _train_fused(members, configs, outs, t_net, dls, recipe, sp, teacher_logits, teacher_ckpt, resume, progress)
-    alone_args = dict(student=student, teacher=teacher, teacher_ckpt=teacher_ckpt, dataset=dataset, epochs=epochs, data_root=data_root,
-                      lr=lr, bs=bs, seed=seed, num_workers=num_workers, device=device, progress=progress, teacher_logits=teacher_logits,
-                      download=download, max_items=max_items, speed=speed, precision=precision, benchmark=benchmark)
-    failed = []
-    for k in (k for k in alone if not (outs[k]/'results.json').exists()):
-        try: distill_model(method=made[k][0].method_name, out=outs[k], resume=True, **alone_args, **made[k][1])  # the same hyper-parameters
-        except KdnbError as e: failed.append(f"{made[k][0].method_name} ({outs[k]}): {e}")
+    set_seed(cfg.seed)
+    t_net = create_model(cfg.teacher, dls.num_classes, checkpoint_path=cfg.teacher_ckpt, download=cfg.download)
+    if cfg.teacher_ckpt is None: print(f"warning: no teacher_ckpt, distilling from an untrained {cfg.teacher}")
+    members, configs = _fused_members(made, cfgs, t_net, dls, sp)
+    alone, failed = _train_fused(members, configs, cfgs, t_net, dls, recipe, sp), []
+    for k in (k for k in alone if not (Path(cfgs[k].out)/'results.json').exists()):
+        try: distill_model(replace(cfgs[k], resume=True))
+        except KdnbError as e: failed.append(f"{made[k][0].method_name} ({cfgs[k].out}): {e}")
     if failed: raise KdnbError(f"{len(failed)} of {len(made)} fused students failed: " + '; '.join(failed))
-    return [load_json(o/'results.json') for o in outs]
+    return [load_json(Path(c.out)/'results.json') for c in cfgs]

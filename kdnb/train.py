@@ -6,9 +6,8 @@ Docs: https://kdnb-team.github.io/kdnb/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #30c7729a
 from __future__ import annotations
-from .core import KdnbError, check_number, check_device, DirLock, save_json
+from .core import KdnbError, check_device, DirLock, save_json
 import math, random, sys, time
-from dataclasses import dataclass, asdict
 from functools import partial, wraps
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
@@ -23,57 +22,13 @@ from .data import make_dataloaders, DatasetIndexCallback
 from .fast import Speed, parse_speed, speed_callbacks, prepare_models, device_dataloaders
 from .distributed import DDPTrainer, world_size, is_main_process, unwrap, process_mean, process_device, process_batch, distributed_speed
 from .models.core import create_model
+from .config import Recipe, RunConfig, as_config
 from .runs import write_epoch, load_weights, run_dir, prepare_run_dir, run_results, load_json
 
 # %% auto #0
-__all__ = ['RECIPES', 'Recipe', 'reference_recipe', 'epoch_in_run', 'MultiStepLR', 'top1', 'top5', 'LossNotFinite', 'EpochLoss',
-           'random_state', 'set_random_state', 'seed_training', 'Checkpointer', 'check_batches', 'one_process_per_run',
-           'make_learner', 'fit_run', 'fit_epochs', 'make_run_dataloaders', 'train_model']
-
-# %% ../nbs/07_train.ipynb #06cb0ab9
-@dataclass
-class Recipe:
-    "Optimiser and schedule of one training run; values that cannot train (a non-finite or negative lr, zero epochs...) are refused."
-    epochs: int = 240
-    lr: float = 0.05
-    milestones: tuple = (150, 180, 210)
-    bs: int = 64
-    wd: float = 5e-4
-    momentum: float = 0.9
-    gamma: float = 0.1
-    def __post_init__(self):
-        check_number('epochs', self.epochs, minimum=1, integer=True, fix='pass --epochs N with N >= 1')
-        check_number('bs', self.bs, minimum=1, integer=True, fix='pass --bs N with N >= 1')
-        check_number('lr', self.lr, above=0, fix='pass a positive --lr, or leave it out for the reference value')
-        for k in ('wd', 'momentum', 'gamma'): check_number(k, getattr(self, k), minimum=0)
-        for m in self.milestones: check_number('milestones', m, minimum=1, integer=True)
-    def scaled(self, epochs:int|None=None, **overrides) -> Recipe:
-        "The same recipe over `epochs` (None: the recipe's own), milestones kept at the same fractions of training."
-        kw = {**asdict(self), **{k: v for k, v in overrides.items() if v is not None}}
-        if epochs is not None and epochs != self.epochs:  # 0 is a value (refused), not "not given"
-            ms = tuple(max(1, round(m * epochs / self.epochs)) for m in self.milestones) if isinstance(epochs, int) else self.milestones
-            kw.update(epochs=epochs, milestones=ms)
-        return Recipe(**kw)
-
-# Each benchmark's recipes as data: (glob over the canonical model name, lower case) -> Recipe, first match wins.
-RECIPES = {
-    'reference': [('mobilenetv2*', Recipe(lr=0.01)), ('ghostnet*', Recipe(lr=0.01)),
-                  ('resnet-*', Recipe(epochs=350, lr=0.1, milestones=(150, 250, 320), bs=128)), ('*', Recipe())],
-    # the CRD/DKD tables (RepDistiller, mdistiller): 240 epochs, batch 64, lr 0.05 for every network, 0.01 for MobileNetV2/ShuffleNet
-    'crd': [('mobilenetv2*', Recipe(lr=0.01)), ('shufflenet*', Recipe(lr=0.01)), ('*', Recipe())],
-    # ImageNet (torchvision's reference recipe; mdistiller's and the DKD/DIST papers' ImageNet tables): 100 epochs, batch 256,
-    # lr 0.1 x0.1 at 30/60/90, weight decay 1e-4
-    'imagenet': [('*', Recipe(epochs=100, lr=0.1, milestones=(30, 60, 90), bs=256, wd=1e-4))],
-}
-
-def reference_recipe(model_name:str, benchmark:str='reference') -> Recipe:
-    "The recipe of `benchmark` (a key of `RECIPES`) for training `model_name` (as student, or as teacher from scratch)."
-    import fnmatch
-    from kdnb.models.core import model_name as zoo_name
-    if benchmark not in RECIPES: raise KdnbError(f"unknown benchmark {benchmark!r} for the recipe; choose one of: {', '.join(RECIPES)}")
-    try: name = zoo_name(model_name).lower()  # aliases too: RepDistiller's 'ShuffleV1' is ShuffleNetV1
-    except KdnbError: name = model_name.lower()
-    return Recipe(**asdict(next(r for pat, r in RECIPES[benchmark] if fnmatch.fnmatch(name, pat))))  # a copy, free to change
+__all__ = ['epoch_in_run', 'MultiStepLR', 'top1', 'top5', 'LossNotFinite', 'EpochLoss', 'random_state', 'set_random_state',
+           'seed_training', 'Checkpointer', 'check_batches', 'one_process_per_run', 'make_learner', 'fit_run',
+           'fit_epochs', 'make_run_dataloaders', 'train_model']
 
 # %% ../nbs/07_train.ipynb #77c663c0
 def epoch_in_run(learn) -> int:
@@ -225,30 +180,22 @@ def fit_epochs(learn:Learner, n:int, lr:float, cbs:list, progress:bool=True):
     finally: learn.logger = logger
 
 # %% ../nbs/07_train.ipynb #7419cb29
-def make_run_dataloaders(dataset, data_root, bs, num_workers, device, download, seed, max_items, speed:Speed):
-    "The DataLoaders of a run: device-resident if `speed.device_data`, else torchvision transforms."
+def make_run_dataloaders(cfg:RunConfig, device, speed:Speed):
+    "The DataLoaders of run `cfg` on `device` with its recipe's batch: device-resident if `speed.device_data`, else torchvision transforms."
     check_device(device)
-    check_number('seed', seed, minimum=0, integer=True, fix='pass --seed N with N >= 0')
-    check_number('num_workers', num_workers, minimum=0, integer=True, fix='pass --workers N with N >= 0 (0: load in the main process)')
-    if max_items is not None: check_number('max_items', max_items, minimum=1, integer=True, fix='pass --max-items N with N >= 1, or leave it out for all images')
-    if speed.device_data:
-        return device_dataloaders(dataset, data_root, bs=bs, device=device, download=download, seed=seed, max_items=max_items,
-                                  channels_last=speed.channels_last)
-    return make_dataloaders(dataset, data_root, bs=process_batch(bs), num_workers=num_workers, device=device, download=download, seed=seed, max_items=max_items)
+    bs, kw = cfg.recipe().bs, dict(download=cfg.download, seed=cfg.seed, max_items=cfg.max_items)
+    if speed.device_data: return device_dataloaders(cfg.dataset, cfg.data_root, bs=bs, device=device, channels_last=speed.channels_last, **kw)
+    return make_dataloaders(cfg.dataset, cfg.data_root, bs=process_batch(bs), num_workers=cfg.num_workers, device=device, **kw)
 
-def train_model(model:str, dataset:str='cifar10-subset', out='runs/train', epochs:int|None=None, resume:bool=False,
-                data_root=None, lr:float|None=None, bs:int|None=None, seed:int=0, num_workers:int=0, device=None,
-                progress:bool=True, download:bool=False, max_items:int|None=None, speed='auto', precision:str='fp32',
-                benchmark:str='reference', sync_bn:bool=False) -> dict:
-    "Train zoo model `model` on `dataset` with the recipe of `benchmark` (`RECIPES`); results and checkpoints go to `out`."
-    recipe = reference_recipe(model, benchmark).scaled(epochs, lr=lr, bs=bs)
-    device = process_device(device)  # under torchrun: this process's GPU
-    sp = distributed_speed(parse_speed(speed, device, precision), speed)
-    dls = make_run_dataloaders(dataset, data_root, recipe.bs, num_workers, device, download, seed, max_items, sp)
-    set_seed(seed)
-    net = prepare_models(sp, create_model(model, num_classes=dls.num_classes))
-    config = dict(kind='train', model=net.name, dataset=dataset, num_classes=dls.num_classes, seed=seed, max_items=max_items,
-                  speed=str(sp), precision=sp.precision, **asdict(recipe))
-    config['milestones'] = list(recipe.milestones)
-    learn = make_learner(dls, net, recipe, out, speed=sp, sync_bn=sync_bn)
-    return fit_run(learn, recipe, out, config, resume, progress)
+def train_model(cfg:RunConfig|None=None, **overrides) -> dict:
+    "Train run `cfg` (or `RunConfig(**overrides)`): its model from scratch with its benchmark's recipe (`RECIPES`); results and checkpoints go to `cfg.out`."
+    cfg = as_config(cfg, overrides)
+    if cfg.kind != 'train': raise KdnbError(f"this run distils {cfg.model} from {cfg.teacher}: run it with distill_model, or leave out the teacher")
+    recipe, device = cfg.recipe(), process_device(cfg.device)  # under torchrun: this process's GPU
+    sp = distributed_speed(parse_speed(cfg.speed, device, cfg.precision), cfg.speed)
+    dls = make_run_dataloaders(cfg, device, sp)
+    set_seed(cfg.seed)
+    net = prepare_models(sp, create_model(cfg.model, num_classes=dls.num_classes))
+    config = cfg.record(model=net.name, num_classes=dls.num_classes, speed=str(sp), precision=sp.precision)
+    learn = make_learner(dls, net, recipe, cfg.out, speed=sp, sync_bn=cfg.sync_bn)
+    return fit_run(learn, recipe, cfg.out, config, cfg.resume, cfg.progress)

@@ -2,7 +2,8 @@
 import torch, torch.nn as nn
 from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders
-from kdnb.train import Recipe, make_learner
+from kdnb.config import Recipe
+from kdnb.train import make_learner
 from kdnb.distributed import unwrap, process_batch
 
 def toy_data(n=64, d=5, classes=3, seed=0):

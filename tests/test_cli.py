@@ -110,9 +110,12 @@ def test_method_plugin_from_readme(kdnb_cli, kdnb_main, tmp_path, small_teacher)
     env = {'PYTHONPATH': str(site)}
     assert '\nMyKD ' in '\n' + kdnb_cli('methods', env=env, check=True).stdout
     kdnb_cli('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8', '--method', 'mykd',
-             '--T', '3', '--epochs', '1', '--out', tmp_path/'run', '--no-progress', env=env, check=True)
+             '--T', '3', '--hp', 'mix=0.7', '--epochs', '1', '--out', tmp_path/'run', '--no-progress', env=env, check=True)
     res = json.loads((tmp_path/'run'/'results.json').read_text())
-    assert res['config']['method'] == 'MyKD' and res['config']['hparams'] == {'alpha': 0.5, 'T': 3.0}
+    assert res['config']['method'] == 'MyKD' and res['config']['hparams'] == {'mix': 0.7, 'T': 3.0}  # its own hyper-parameter, by --hp
+    (tmp_path/'g.yaml').write_text('epochs: 1\nexperiments:\n  a:\n    pairs: [ResNet-8 -> ResNet-8]\n    methods: [MyKD]\n    hparams: {MyKD: {mix: 0.7}}\n')
+    plan = kdnb_cli('grid', 'run', tmp_path/'g.yaml', '--out', tmp_path/'g', '--dry-run', env=env, check=True).stdout
+    assert 'MyKD(mix=0.7, T=2.0) ResNet-8 -> ResNet-8' in plan, plan  # and by a grid spec
     assert {'ce', 'kd'} <= set((tmp_path/'run'/'history.csv').read_text().splitlines()[0].split(','))
     one_line_error(kdnb_main('distill', '--teacher', 'ResNet-8', '--student', 'ResNet-8', '--method', 'MyKD', '--out', tmp_path/'x'),
                    "unknown method 'MyKD'")  # without the plugin installed
@@ -124,7 +127,7 @@ def test_demo_shows_student_alone_and_with_kd(kdnb_cli, tmp_path):
     for label in ['teacher WRN-16-2', 'student WRN-16-1 alone', 'student WRN-16-1 with KD', 'KD gain over the student alone']:
         assert label in r.stdout, r.stdout
     alone, kd = (json.loads((tmp_path/'demo'/d/'results.json').read_text())['config'] for d in ('student-alone', 'student-kd'))
-    assert (alone['model'], alone['seed'], alone['epochs']) == (kd['student'], kd['seed'], kd['epochs']) == ('WRN-16-1', 0, 1)
+    assert (alone['model'], alone['seed'], alone['epochs']) == (kd['model'], kd['seed'], kd['epochs']) == ('WRN-16-1', 0, 1)
     assert (tmp_path/'demo'/'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 def test_fused_distill_and_generic_hparams(kdnb_main, tmp_path):

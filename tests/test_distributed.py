@@ -87,17 +87,17 @@ experiments:
 
 def test_grid_cell_with_gpus_takes_that_many_slots(tmp_path, monkeypatch):
     "A cell with `gpus: 2` takes two of the local backend's slots: both GPUs in its CUDA_VISIBLE_DEVICES (a made-up GPU count on a CPU)."
-    import kdnb.grid as grid, kdnb.grid.runner as runner
+    import kdnb.grid as grid, kdnb.grid.backends as backends
     spec = tmp_path/'g.yaml'; spec.write_text(GPUS2)
-    monkeypatch.setattr(runner, '_gpu_count', lambda: 3)
+    monkeypatch.setattr(backends, '_gpu_count', lambda: 3)
     envs = []
     class Worker:  # a cell's worker process, still running
         def __init__(self, env, out, params, notebook=None): envs.append(env)
         def outcomes(self): return None
         def kill(self): pass
-    monkeypatch.setattr(runner, 'Worker', Worker)
+    monkeypatch.setattr(backends, 'Worker', Worker)
     cell = grid.load_plan(spec).cells[0]
-    assert cell.gpus == 2 and grid.cell_parameters(cell, tmp_path)['gpus'] == 2 and '2 GPUs' in cell.describe()
+    assert cell.gpus == 2 and grid.cell_parameters(cell, tmp_path)['config']['gpus'] == 2 and '2 GPUs' in cell.describe()
     b = grid.LocalBackend(tmp_path)
     b.submit([cell], [grid.cell_parameters(cell, tmp_path)])
     assert envs[-1]['CUDA_VISIBLE_DEVICES'] == '0,1' and b.free() == 1

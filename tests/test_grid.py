@@ -171,14 +171,14 @@ def test_non_finite_cell_is_failed_never_a_number(tmp_path):
 
 def test_one_local_worker_per_gpu(tmp_path, monkeypatch):
     "With N GPUs the local backend runs N cells at once, each child process seeing one GPU (a made-up GPU count on a CPU)."
-    import kdnb.grid as grid, kdnb.grid.runner as runner
-    monkeypatch.setattr(runner, '_gpu_count', lambda: 3)
+    import kdnb.grid as grid, kdnb.grid.backends as backends
+    monkeypatch.setattr(backends, '_gpu_count', lambda: 3)
     envs = []
     class Worker:  # a cell's worker process, ended at once
         def __init__(self, env, out, params, notebook=None): envs.append(env)
         def outcomes(self): return []
         def kill(self): pass
-    monkeypatch.setattr(runner, 'Worker', Worker)
+    monkeypatch.setattr(backends, 'Worker', Worker)
     b = grid.LocalBackend(tmp_path)
     assert (b.workers, b.device, b.free()) == (3, 'cuda', 3)
     cells = grid.load_plan(SMOKE).cells

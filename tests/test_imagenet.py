@@ -34,7 +34,7 @@ def test_train_and_distill_both_layouts(tree, tmp_path):
              '--method', 'KD,AT', '--dataset', 'image-lists', '--out', tmp_path/'s', *common, check=True)
     for m in ('KD', 'AT'):
         res = json.loads((tmp_path/'s'/m/'results.json').read_text())
-        assert res['config']['student'] == 'MobileNetV1' and res['config']['dataset'] == 'image-lists' and 0 <= res['last']['top1'] <= 1
+        assert res['config']['model'] == 'MobileNetV1' and res['config']['dataset'] == 'image-lists' and 0 <= res['last']['top1'] <= 1
     # a teacher whose classes do not match the data
     one_line_error(run_main('distill', '--teacher', 'torchvision:resnet18', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'ResNet-8',
                             '--out', tmp_path/'x', '--epochs', '1', '--max-items', '16', '--device', 'cpu'), '3', '10')

@@ -22,8 +22,8 @@ def test_bad_hparam_is_refused_before_training(kdnb_main):
     assert r.returncode == 2 and "method RKD has no hyper-parameter 'warmup'" in r.stderr, r.stderr
 
 def distil(out, teacher, method, **hp):
-    return distill_model('WRN-16-1', 'ResNet-8', method, teacher, out=out, epochs=2, max_items=48, bs=16,
-                         resume=True, progress=False, speed='off', device='cpu', **hp)
+    return distill_model(model='WRN-16-1', teacher='ResNet-8', method=method, teacher_ckpt=teacher, out=out, epochs=2, max_items=48, bs=16,
+                         resume=True, progress=False, speed='off', device='cpu', hparams=hp)
 
 def kill_after_first_checkpoint(monkeypatch):
     real = kdnb.train.Checkpointer.after_epoch
@@ -58,6 +58,6 @@ def test_plugin_declaring_only_features_never_gets_precomputed_logits(tmp_path):
     try:
         assert not create_method('FeatOnlyProbe').logits_only
         with pytest.raises(KdnbError, match='FeatOnlyProbe cannot use pre-computed teacher logits'):
-            distill_model('ResNet-8', 'ResNet-8', 'FeatOnlyProbe', out=tmp_path/'x', teacher_logits='precomputed', epochs=1, max_items=32, bs=16, device='cpu')
+            distill_model(model='ResNet-8', teacher='ResNet-8', method='FeatOnlyProbe', out=tmp_path/'x', teacher_logits='precomputed', epochs=1, max_items=32, bs=16, device='cpu')
         assert not (tmp_path/'x').exists()
     finally: METHODS._items.pop('featonlyprobe')

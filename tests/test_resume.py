@@ -5,7 +5,8 @@ import pandas as pd, pytest, torch
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 from kdnb.models.core import create_model
-from kdnb.train import Recipe, make_learner, fit_run
+from kdnb.config import Recipe
+from kdnb.train import make_learner, fit_run
 from kdnb.data import subset_dataloaders
 from conftest import KDNB
 
@@ -58,7 +59,7 @@ from kdnb.distill import distill_model
 import kdnb.train
 
 def two_stage_fitnet(out, teacher_ckpt):
-    return distill_model('WRN-16-1', 'ResNet-8', 'FitNet', teacher_ckpt, out=out, epochs=2, hint_epochs=2, max_items=64, bs=16,
+    return distill_model(model='WRN-16-1', teacher='ResNet-8', method='FitNet', teacher_ckpt=teacher_ckpt, out=out, epochs=2, hparams=dict(hint_epochs=2), max_items=64, bs=16,
                          resume=True, progress=False, speed='off', device='cpu')
 
 def kill_at(monkeypatch, k:int, before_save:bool):
@@ -94,17 +95,20 @@ def test_two_stage_fitnet_resumes_exactly(tmp_path, monkeypatch, k, before_save)
 
 def test_fused_run_resumes_exactly(tmp_path, monkeypatch):
     "Fused students killed after an epoch resume from their own checkpoints (the optimiser's slices put back together) and end as an uninterrupted fused run."
-    from kdnb.fused import distill_fused, FusedCheckpointer
-    common = dict(student='ResNet-8', teacher='WRN-16-1', methods=['KD', 'AT', 'DIST'], epochs=3, max_items=64, bs=16, speed='off', device='cpu', progress=False)
-    distill_fused(out=tmp_path/'whole', **common)
+    from kdnb.fused import distill_fused, fused_configs, FusedCheckpointer
+    from kdnb.config import RunConfig
+    methods = ['KD', 'AT', 'DIST']
+    def runs(out, resume=False): return fused_configs(RunConfig('ResNet-8', teacher='WRN-16-1', epochs=3, max_items=64, bs=16, speed='off', device='cpu',
+                                                                progress=False, out=out, resume=resume), methods)
+    distill_fused(runs(tmp_path/'whole'))
     real = FusedCheckpointer.after_epoch
     def killed(self): real(self); raise KeyboardInterrupt
     monkeypatch.setattr(FusedCheckpointer, 'after_epoch', killed)
-    with pytest.raises(KeyboardInterrupt): distill_fused(out=tmp_path/'cut', **common)
+    with pytest.raises(KeyboardInterrupt): distill_fused(runs(tmp_path/'cut'))
     monkeypatch.setattr(FusedCheckpointer, 'after_epoch', real)
-    assert all(torch.load(tmp_path/'cut'/m/'last.pt', weights_only=False)['epoch'] == 1 for m in common['methods'])
-    distill_fused(out=tmp_path/'cut', resume=True, **common)
-    for m in common['methods']:
+    assert all(torch.load(tmp_path/'cut'/m/'last.pt', weights_only=False)['epoch'] == 1 for m in methods)
+    distill_fused(runs(tmp_path/'cut', resume=True))
+    for m in methods:
         a, b = (torch.load(tmp_path/run/m/'last.pt', weights_only=False) for run in ('whole', 'cut'))
         assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model']), m
         strip = lambda h: [{k: v for k, v in r.items() if k != 'seconds'} for r in h]

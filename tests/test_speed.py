@@ -33,8 +33,9 @@ def test_compile_on_cpu(tmp_path):
     "torch.compile's path (inductor's C++ backend on a CPU): the compiled student trains like the eager one."
     common = dict(epochs=1, max_items=64, bs=16, progress=False, device='cpu')
     from kdnb.distill import distill_model
-    eager = distill_model('ResNet-8', 'ResNet-8', 'KD', None, out=tmp_path/'eager', speed='off', **common)
-    compiled = distill_model('ResNet-8', 'ResNet-8', 'KD', None, out=tmp_path/'compiled', speed='off,compile', **common)
+    common.update(model='ResNet-8', teacher='ResNet-8')
+    eager = distill_model(out=tmp_path/'eager', speed='off', **common)
+    compiled = distill_model(out=tmp_path/'compiled', speed='off,compile', **common)
     assert compiled['config']['speed'] == 'compile=default'
     assert abs(compiled['last']['train_loss'] - eager['last']['train_loss']) < 1e-3 * abs(eager['last']['train_loss'])
 

@@ -6,22 +6,24 @@ Docs: https://kdnb-team.github.io/kdnb/grid.html.md"""
 
 # %% ../../nbs/12_grid.ipynb #94890781
 from __future__ import annotations
-import hashlib, json, math
-from dataclasses import dataclass, field, asdict, replace
+import hashlib, json
+from dataclasses import dataclass, field, fields, asdict, replace
 from pathlib import Path
 import yaml
 from ..core import KdnbError
+from ..config import RunConfig, check_field
 
 # %% auto #0
-__all__ = ['SETTINGS', 'GRID_KEYS', 'EXPERIMENT_KEYS', 'SETTING_DEFAULTS', 'SpecError', 'Cell', 'Entry', 'Plan', 'load_spec',
-           'teacher_checkpoint_path', 'expand_grid', 'load_plan']
+__all__ = ['RUN_SETTINGS', 'SETTINGS', 'GRID_KEYS', 'EXPERIMENT_KEYS', 'SETTING_DEFAULTS', 'SpecError', 'Cell', 'Entry', 'Plan',
+           'load_spec', 'teacher_checkpoint_path', 'expand_grid', 'load_plan']
 
 # %% ../../nbs/12_grid.ipynb #6ee87aa1
-SETTINGS = ('dataset', 'data_root', 'seeds', 'teacher_seed', 'epochs', 'lr', 'bs', 'max_items', 'speed', 'precision', 'benchmark', 'fuse', 'gpus')
+RUN_SETTINGS = ('dataset', 'data_root', 'epochs', 'lr', 'bs', 'max_items', 'speed', 'precision', 'benchmark', 'gpus')  # `RunConfig` fields
+SETTINGS = (*RUN_SETTINGS, 'seeds', 'teacher_seed', 'fuse')
 GRID_KEYS = {'name', 'description', 'experiments', 'teachers', *SETTINGS}
 EXPERIMENT_KEYS = {'title', 'pairs', 'models', 'methods', 'hparams', 'teacher_logits', 'reference', *SETTINGS}
-SETTING_DEFAULTS = dict(dataset='CIFAR-100', data_root=None, seeds=[0], teacher_seed=0, epochs=None, lr=None, bs=None, max_items=None, speed='auto', precision='fp32', benchmark='reference',
-                        fuse=False, gpus=1)
+SETTING_DEFAULTS = {**{k: RunConfig.__dataclass_fields__[k].default for k in RUN_SETTINGS}, 'dataset': 'CIFAR-100', 'seeds': [0],
+                    'teacher_seed': 0, 'fuse': False}
 
 class SpecError(KdnbError):
     "A grid spec that cannot be run; the message names the file, the place in it and the field."
@@ -34,51 +36,26 @@ def _method_uses(method:str|None) -> str:
     from kdnb.methods import METHODS
     return METHODS[method].uses if method else ''
 
-@dataclass
-class Cell:
-    "One run of a grid: `model` trained from scratch, or `student` distilled from `teacher` with `method`."
+@dataclass(kw_only=True)
+class Cell(RunConfig):
+    "One run of a grid: a `RunConfig`, its `id`, the cells it needs first (`after`: its teacher's) and whether it may train fused."
     id: str
-    kind: str  # 'train' or 'distill'
-    dataset: str
-    seed: int
-    model: str|None = None
-    teacher: str|None = None
-    student: str|None = None
-    method: str|None = None
-    hparams: dict = field(default_factory=dict)
-    teacher_logits: str = 'online'
-    epochs: int|None = None
-    lr: float|None = None
-    bs: int|None = None
-    max_items: int|None = None
-    data_root: str|None = None
-    speed: str = 'auto'
-    precision: str = 'fp32'
-    benchmark: str = 'reference'  # whose recipes (kdnb.train.RECIPES)
-    teacher_ckpt: str|None = None  # a downloaded teacher's checkpoint; None: the teacher cell's (in `after`)
     after: list = field(default_factory=list)
     fuse: bool = False  # may train in one loop with the cells of the same student, teacher and recipe (kdnb.fused); not part of its result
-    gpus: int = 1  # processes of its DDP run (kdnb.distributed), one GPU (or CPU worker slot) each
+
+    def run_config(self) -> RunConfig:
+        "The run this cell is, without its place in the grid."
+        return RunConfig(**{f.name: getattr(self, f.name) for f in fields(RunConfig)})
 
     def fuse_key(self) -> str|None:
-        "What cells that train in one fused run share (all but the method and its hyper-parameters), or None if this one runs alone."
+        "What cells that train in one fused run share (their run but for the method, and their teacher cell), or None if this one runs alone."
         if not self.fuse or self.kind != 'distill' or self.gpus > 1: return None
-        return json.dumps({k: v for k, v in asdict(self).items() if k not in ('id', 'method', 'hparams', 'fuse')}, sort_keys=True, default=str)
-
-    def recipe(self):
-        "The training recipe this cell runs with (the reference recipe of its trained model, with the grid's overrides)."
-        from kdnb.train import reference_recipe
-        return reference_recipe(self.model or self.student, self.benchmark).scaled(self.epochs, lr=self.lr, bs=self.bs)
+        return json.dumps([self.run_config().fused_key(), self.after])
 
     def describe(self) -> str:
-        "One line: what runs, with which hyper-parameters and recipe."
-        r = self.recipe()
-        what = f"train {self.model}" if self.kind == 'train' else \
-               f"{self.method}({', '.join(f'{k}={v}' for k, v in self.hparams.items())}) {self.teacher} -> {self.student}" + \
-               (f" [{self.teacher_logits} teacher logits]" if self.teacher_logits != 'online' else '')
-        extra = (f", first {self.max_items} images" if self.max_items else '') + (f", {self.gpus} GPUs" if self.gpus > 1 else '')
+        "One line: what runs, with which hyper-parameters, recipe, features and teacher."
         uses = f"; {_method_uses(self.method)}" if self.kind == 'distill' and _method_uses(self.method) else ''
-        return f"{what}; {r.epochs} ep, bs {r.bs}, lr {r.lr:g} (x{r.gamma:g} at {'/'.join(map(str, r.milestones))}), {self.precision}{extra}{uses}{self._teacher_source()}"
+        return super().describe() + uses + self._teacher_source()
 
     def _teacher_source(self) -> str:
         if self.kind != 'distill': return ''
@@ -113,40 +90,22 @@ def _check_int(file, where, fld, v, allow_none=True, minimum=1):
     return v
 
 def _check_settings(file, where, d:dict) -> dict:
-    "Type-check the settings present in `d`."
+    "Check the settings present in `d`: a run's as `RunConfig` checks its fields, the grid's own here."
     from kdnb.data import DATASETS
     out = {}
-    for k in SETTINGS:
-        if k not in d: continue
+    for k in (k for k in SETTINGS if k in d):
         v = d[k]
-        if k == 'dataset':
-            if not isinstance(v, str) or v not in DATASETS: _fail(file, where, k, f"unknown dataset {v!r}; choose one of: {', '.join(DATASETS.names())}")
-            v = DATASETS.canonical(v)
-        elif k == 'data_root':
-            if v is not None and not isinstance(v, str): _fail(file, where, k, f"must be a folder path, not {v!r}")
-        elif k == 'precision':
-            from kdnb.fast import PRECISIONS
-            if v not in PRECISIONS: _fail(file, where, k, f"must be one of {', '.join(PRECISIONS)}, not {v!r}")
-        elif k == 'speed':
-            from kdnb.fast import parse_speed
-            try: parse_speed(v, 'cpu')
-            except KdnbError as e: _fail(file, where, k, str(e))
+        if k in RUN_SETTINGS:
+            try: check_field(k, v)
+            except KdnbError as e: _fail(file, where, k, str(e).removeprefix(f'{k} '))
+            if k == 'dataset': v = DATASETS.canonical(v)
         elif k == 'seeds':
             v = [v] if isinstance(v, int) and not isinstance(v, bool) else v
             if not isinstance(v, list) or not v: _fail(file, where, k, f"must be a non-empty list of integers, not {v!r}")
             for s in v: _check_int(file, where, k, s, allow_none=False, minimum=0)
             if len(set(v)) != len(v): _fail(file, where, k, f"lists a seed twice: {v}")
         elif k == 'teacher_seed': _check_int(file, where, k, v, allow_none=False, minimum=0)
-        elif k == 'gpus': _check_int(file, where, k, v, allow_none=False, minimum=1)
-        elif k == 'fuse':
-            if not isinstance(v, bool): _fail(file, where, k, f"must be true or false, not {v!r}")
-        elif k == 'benchmark':
-            from kdnb.train import RECIPES
-            if v not in RECIPES: _fail(file, where, k, f"must name a benchmark's recipes, one of {', '.join(RECIPES)}; not {v!r}")
-        elif k == 'lr':
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
-                _fail(file, where, k, f"must be a finite positive number or null, not {v!r}")
-        else: _check_int(file, where, k, v)
+        elif not isinstance(v, bool): _fail(file, where, k, f"must be true or false, not {v!r}")  # fuse
         out[k] = v
     return out
 
@@ -281,7 +240,7 @@ def _distill_cells(cells:_Cells, where, s:dict, run_settings:dict, low:str, chai
             if s['gpus'] > 1 and (why := create_method(m, **hp).ddp_obstacle):
                 _fail(cells.file, where, 'gpus', f"{m} cannot train in several processes: {why}; give it an experiment with gpus: 1")
             name = m + ('-precomputed' if variant == 'precomputed' else '') + (f'-{_hash(hp)}' if hp != base else '') + low
-            prev = cells.add(Cell(f"{s['dataset']}/distill/{'_'.join(chain[:i + 1])}/{name}/s{sd}", 'distill', seed=sd, teacher=a, student=b,
+            prev = cells.add(Cell(id=f"{s['dataset']}/distill/{'_'.join(chain[:i + 1])}/{name}/s{sd}", seed=sd, teacher=a, model=b,
                                   method=m, hparams=hp, teacher_logits=variant, after=[] if meth.trains_teacher or prev is None else [prev],
                                   teacher_ckpt=tck if i == 1 and not meth.trains_teacher else None, **run_settings, fuse=s['fuse'] and meth.fusable), where)
         ids.append(prev)
@@ -294,9 +253,9 @@ def _expand_experiment(cells:_Cells, ename:str, e, top:dict, teacher_file) -> li
     for k in e:
         if k not in EXPERIMENT_KEYS: _fail(file, where, k, f"unknown field; allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
     s = {**top, **_check_settings(file, where, e)}
-    run_settings = {k: s[k] for k in ('dataset', 'epochs', 'lr', 'bs', 'max_items', 'data_root', 'speed', 'precision', 'benchmark', 'gpus')}
+    run_settings = {k: s[k] for k in RUN_SETTINGS}
     low = '-bf16' if s['precision'] == 'bf16' else ''  # a bf16 run is another experiment than the fp32 one
-    def train(m, seed): return cells.add(Cell(f"{s['dataset']}/train/{m}{low}/s{seed}", 'train', seed=seed, model=m, **run_settings), where)
+    def train(m, seed): return cells.add(Cell(id=f"{s['dataset']}/train/{m}{low}/s{seed}", seed=seed, model=m, **run_settings), where)
     ref = _references(file, where, e)
     models, pairs, methods, hps, variants = _experiment_lists(file, where, e)
     entries = [Entry(ename, s['dataset'], m, [train(m, sd) for sd in s['seeds']], ref(s['dataset'], m)) for m in models]

@@ -10,11 +10,12 @@ import json, math, os, socket, time
 from dataclasses import asdict
 from pathlib import Path
 from ..core import KdnbError, load_json, DirLock
+from ..config import HOW
 from .spec import Cell, Plan
 
 # %% auto #0
-__all__ = ['cell_dir', 'read_results', 'cell_state', 'cell_identity', 'identity_change', 'changed_cells', 'CellLock', 'is_locked',
-           'log_event']
+__all__ = ['UNSTORED', 'cell_dir', 'read_results', 'cell_state', 'cell_identity', 'identity_change', 'changed_cells', 'CellLock',
+           'is_locked', 'log_event']
 
 # %% ../../nbs/12a_grid.store.ipynb #0812093d
 def cell_dir(out, cell_id:str) -> Path: return Path(out)/'cells'/cell_id
@@ -51,15 +52,18 @@ def cell_state(run_dir) -> str:
     return 'started' if (run_dir/'config.json').exists() else 'new'
 
 # %% ../../nbs/12a_grid.store.ipynb #ff04538f
+UNSTORED = (*HOW, 'teacher_ckpt', 'after', 'fuse')  # where and how a cell runs, where its teacher's file is, its teacher cell (checked on its own)
+
 def cell_identity(cell:Cell) -> dict:
-    "Every setting of `cell` that changes its result, JSON-ready: all its fields but `data_root` and `teacher_ckpt` (where the files are), `after` (the teacher cell, checked on its own) and `fuse` (how it trains, not what)."
-    return json.loads(json.dumps({k: v for k, v in asdict(cell).items() if k not in ('data_root', 'after', 'teacher_ckpt', 'fuse')}, default=str))
+    "Every setting of `cell` that changes its result, JSON-ready: its kind and its fields but `UNSTORED`'s."
+    return json.loads(json.dumps({'kind': cell.kind, **{k: v for k, v in asdict(cell).items() if k not in UNSTORED}}, default=str))
 
 def identity_change(stored:dict, new:dict) -> str|None:
     "The first setting in which identity `new` differs from `stored`, the cell's when it ran ('field: a there, b in the spec'), or None."
-    defaults = cell_identity(Cell(new['id'], new['kind'], new['dataset'], new['seed']))
+    defaults = cell_identity(Cell(id=new['id'], model=new['model']))
+    stored = {**stored, 'model': stored.get('model') or stored.get('student')}  # kdnb 0.1 named a distilled network `student`
     for k in sorted(new):  # a field this kdnb added since the cell ran counts only if set away from its default
-        old = stored.get(k, defaults[k]) if k not in ('model', 'teacher', 'student', 'method') else stored.get(k)
+        old = stored.get(k, defaults[k]) if k not in ('model', 'teacher', 'method') else stored.get(k)
         if old != new[k]: return f"{k}: {old!r} there, {new[k]!r} in the spec"
 
 def changed_cells(plan:Plan, out) -> list[str]:
