@@ -92,7 +92,7 @@ def load_json(path):
 
 def save_torch(obj, path):
     "`torch.save` to `path`, atomically."
-    import torch  # here, so that light commands (a grid worker's launcher) start without loading torch
+    import torch  # at call time, so that light commands (a grid worker's launcher) start without loading torch
     with atomic_write(path, 'wb') as f: torch.save(obj, f)
 
 # %% ../nbs/00_core.ipynb #077150fb

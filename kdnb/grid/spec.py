@@ -90,7 +90,7 @@ def _check_int(file, where, fld, v, allow_none=True, minimum=1):
     return v
 
 def _check_settings(file, where, d:dict) -> dict:
-    "Check the settings present in `d`: a run's as `RunConfig` checks its fields, the grid's own here."
+    "Check the settings present in `d`: a run's as `RunConfig` checks its fields, and the grid's own (seeds, teacher_seed, fuse)."
     from kdnb.data import DATASETS
     out = {}
     for k in (k for k in SETTINGS if k in d):

@@ -249,7 +249,7 @@ def identify_state(state:dict) -> str|None:
 
 def _describe(name:str|None, n:int|None) -> str:
     if name is None: return 'an architecture kdnb does not know' + (f' ({n} classes)' if n else '')
-    peer = peer_name(name) if name in MODELS else None  # a kdnb run of a plugin model that is not installed here
+    peer = peer_name(name) if name in MODELS else None  # a kdnb run of a plugin model that is not installed in this environment
     also = f" (RepDistiller/mdistiller's {peer!r})" if peer and peer.lower() != name.lower() else ''
     return f"{name}{also} with {n} classes"
 
