@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np, torch, torch.nn as nn
 from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, event
+from fastai.learner import Learner
 from fastai.torch_core import default_device
 from .core import KdnbError, save_torch
 from .data import WithIndex, ImageArrayDataset, get_dataset, _head, CIFAR10_STATS, CIFAR100_STATS
@@ -20,7 +21,7 @@ from .data import WithIndex, ImageArrayDataset, get_dataset, _head, CIFAR10_STAT
 # %% auto #0
 __all__ = ['COMPILE_MODES', 'SPEED_PRESETS', 'PRECISIONS', 'STATS', 'Speed', 'parse_speed', 'reflect_pad', 'crop_views',
            'view_id', 'view_params', 'DeviceImageLoader', 'array_dataloaders', 'device_dataloaders', 'prepare_models',
-           'BF16Autocast', 'speed_callbacks', 'TeacherLogitCache', 'cache_key', 'load_or_build_cache']
+           'BF16Autocast', 'speed_callbacks', 'LeanLearner', 'TeacherLogitCache', 'cache_key', 'load_or_build_cache']
 
 # %% ../nbs/06e_fast.ipynb #4a3824ac
 COMPILE_MODES = ('default', 'max-autotune', 'reduce-overhead')
@@ -169,6 +170,23 @@ class BF16Autocast(Callback):
 def speed_callbacks(speed:Speed) -> list:
     "fastai callbacks for `speed`: bf16 autocast when the precision is bf16."
     return [BF16Autocast()] if speed.bf16 else []
+
+# %% ../nbs/06e_fast.ipynb #44dff207
+def _defines(cb, event_name:str) -> bool: return hasattr(type(cb), event_name) or event_name in vars(cb)
+
+class LeanLearner(Learner):
+    "A fastai `Learner` that calls each event only on the callbacks that define it (fastai asks every callback through a slow attribute lookup)."
+    def _call_one(self, event_name):
+        if not hasattr(event, event_name): raise Exception(f'missing {event_name}')
+        for cb in self.event_callbacks(event_name): cb(event_name)
+    def event_callbacks(self, event_name:str) -> list:
+        "The callbacks that `event_name` reaches, in fastai's order (cached until the callbacks or their orders change)."
+        key = tuple((id(cb), cb.order) for cb in self.cbs)
+        if self.__dict__.get('_event_key') != key: self.__dict__.update(_event_key=key, _event_cbs={})
+        cbs = self._event_cbs.get(event_name)
+        if cbs is None:
+            cbs = self._event_cbs[event_name] = [cb for cb in self.cbs.sorted('order') if event_name == 'after_fit' or _defines(cb, event_name)]
+        return cbs
 
 # %% ../nbs/06e_fast.ipynb #aac093df
 class TeacherLogitCache:

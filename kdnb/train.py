@@ -19,7 +19,7 @@ from fastai.metrics import accuracy, top_k_accuracy
 from fastai.callback.core import Callback, CancelTrainException
 from fastai.torch_core import set_seed, default_device
 from .data import make_dataloaders, DatasetIndexCallback
-from .fast import Speed, parse_speed, speed_callbacks, prepare_models, device_dataloaders
+from .fast import Speed, parse_speed, speed_callbacks, prepare_models, device_dataloaders, LeanLearner
 from .distributed import DDPTrainer, world_size, is_main_process, unwrap, process_mean, process_device, process_batch, distributed_speed
 from .models.core import create_model
 from .config import Recipe, RunConfig, as_config
@@ -131,7 +131,7 @@ def make_learner(dls, model:nn.Module, recipe:Recipe, out, cbs=(), metrics=None,
     # SGD loops over the parameters in Python, launching several kernels for each, which dominates a small-batch GPU step
     kw = dict(splitter=splitter) if splitter else {}
     if world_size() > 1: cbs = [*cbs, DDPTrainer(dls.device or default_device(), sync_bn)]
-    learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), lr=recipe.lr, wd=recipe.wd, wd_bn_bias=True,
+    learn = LeanLearner(dls, model, loss_func=nn.CrossEntropyLoss(), lr=recipe.lr, wd=recipe.wd, wd_bn_bias=True,
                     opt_func=opt_func or partial(OptimWrapper, opt=torch.optim.SGD, momentum=recipe.momentum, weight_decay=recipe.wd), metrics=metrics or [top1, top5],
                     cbs=[DatasetIndexCallback(), MultiStepLR(recipe.milestones, recipe.gamma), EpochLoss(), *speed_callbacks(speed or Speed()), *cbs],
                     path=out, model_dir='.', **kw)

@@ -1,4 +1,4 @@
-"""Running a grid: every unfinished cell, teachers before their students, through papermill, on local GPUs/CPUs or a Ray cluster; fused cells in one loop.
+"""Running a grid: checks before anything runs, then every unfinished cell, teachers before their students, handed to a backend (`12c`) as soon as it is ready; fused cells in one loop.
 
 Docs: https://kdnb-team.github.io/kdnb/grid.runner.html.md"""
 

@@ -1,4 +1,4 @@
-"""A benchmark as a data file: the grid spec, checked and expanded into its cells in dependency order, and the table entries they fill. The store (next notebook) keeps each cell's state on disk; the runner (the one after) executes the experiment notebook once per cell on local GPUs/CPUs or a Ray cluster.
+"""A benchmark as a data file: the grid spec, checked and expanded into its cells in dependency order, and the table entries they fill. The store (next notebook) keeps each cell's state on disk; the three after it execute one cell through the experiment notebook, run cells on local GPUs/CPUs or a Ray cluster, and schedule the whole grid.
 
 Docs: https://kdnb-team.github.io/kdnb/grid.html.md"""
 
