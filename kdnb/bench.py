@@ -10,7 +10,8 @@ import tempfile, time
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
-from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.core import Callback, CancelFitException, CancelValidException
+from fastai.learner import Learner
 from fastai.torch_core import default_device
 from .core import KdnbError, check_number, check_device
 from .data import ImageArrayDataset, WithIndex, cifar_transforms, indexed_dataloaders, CIFAR100_STATS
@@ -21,7 +22,8 @@ from .fast import parse_speed, prepare_models, array_dataloaders, load_or_build_
 
 # %% auto #0
 __all__ = ['BF16_PEAK_TFLOPS', 'MAIN_METHODS', 'bf16_peak_tflops', 'forward_flops', 'ReferenceLoop', 'StepTimer', 'KdnbLoop',
-           'variants', 'parse_pair', 'synthetic_cifar', 'run_bench', 'accuracy_check', 'run_fused_bench', 'data_bench']
+           'variants', 'parse_pair', 'synthetic_cifar', 'run_bench', 'accuracy_check', 'run_fused_bench', 'data_bench',
+           'dispatch_bench']
 
 # %% ../nbs/15_bench.ipynb #c1c330bf
 BF16_PEAK_TFLOPS = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., '4090': 165.}
@@ -254,3 +256,51 @@ def data_bench(dataset:str, root=None, bs:int=256, workers:int=8, batches:int=20
     print_(f"data pipeline {dataset} ({root}): {rate:.0f} img/s, {workers} worker processes, batch {bs}, {n} images "
            f"(decoding and training augmentation; compare with the training loop's img/s to see which one limits)")
     return rate
+
+# %% ../nbs/15_bench.ipynb #eec67f05
+class _Probe(nn.Module):
+    "A network too small to matter: what remains of a step's time is the loop's own."
+    def __init__(self, nc:int=100): super().__init__(); self.fc = nn.Linear(3, nc)
+    def forward(self, x): return self.fc(x.mean((2, 3)))
+
+class _TrainOnly(Callback):
+    def before_validate(self): raise CancelValidException()
+
+def _dispatch_loops(steps:int) -> dict:
+    "name -> a function training `steps` KD steps (from scratch each call) with fastai's Learner, LeanLearner, or by hand."
+    from kdnb.distill import distill_learner, make_method
+    ds = synthetic_cifar(64 * steps)
+    dls = array_dataloaders(ds, ds, CIFAR100_STATS, 64, 'cpu', 64, num_classes=100)
+    def learner(lean:bool):
+        learn = distill_learner(dls, _Probe(), _Probe().eval(), make_method('KD', 'probe', 'probe')[0], Recipe(), tempfile.mkdtemp())[0]
+        if not lean: learn.__class__ = Learner  # fastai's own event dispatch, all that LeanLearner changes
+        return learn
+    def fit(learn):
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, 0.05, cbs=[_TrainOnly()])
+    s, t = _Probe(), _Probe().eval()
+    opt = torch.optim.SGD(s.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    def by_hand():
+        for x, y, *_ in dls.train:
+            with torch.no_grad(): tz = t(x)
+            z = s(x)
+            loss = 0.1 * F.cross_entropy(z, y) + 0.9 * kd_loss(z, tz, 4.)
+            opt.zero_grad(); loss.backward(); opt.step()
+    fastai_learn, lean_learn = learner(False), learner(True)
+    return {"fastai's Learner": lambda: fit(fastai_learn), 'LeanLearner': lambda: fit(lean_learn), 'hand-written loop': by_hand}
+
+def dispatch_bench(steps:int=100, rounds:int=5, print_=print) -> dict:
+    "The loop's time per training step (ms) with fastai's `Learner`, `LeanLearner` and by hand, medians of interleaved rounds (CPU, one thread)."
+    for k, v in (('steps', steps), ('rounds', rounds)): check_number(k, v, minimum=1, integer=True)
+    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    try:
+        loops, ms = _dispatch_loops(steps), {}
+        for f in loops.values(): f()  # warm-up
+        for _ in range(rounds):
+            for k, f in loops.items(): t0 = time.perf_counter(); f(); ms.setdefault(k, []).append((time.perf_counter() - t0) / steps * 1e3)
+    finally: torch.set_num_threads(threads)
+    med = {k: float(np.median(v)) for k, v in ms.items()}
+    for k, v in med.items(): print_(f"{k:20s} {v:6.2f} ms/step")
+    fastai_own, lean_own = (med[k] - med['hand-written loop'] for k in ("fastai's Learner", 'LeanLearner'))
+    print_(f"the loop's own time per step over the hand-written one: fastai's Learner {fastai_own:.2f} ms, LeanLearner {lean_own:.2f} ms "
+           f"(KD, batch 64, networks too small to matter, median of {rounds} interleaved rounds)")
+    return med

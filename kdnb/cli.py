@@ -134,6 +134,8 @@ def _bench_command(sub):
     b.add_argument('--images', type=positive, help='synthetic dataset size (default 50000 on a GPU, 2048 on a CPU)')
     b.add_argument('--check-accuracy', action='store_true', help='also train plain and fast paths 3 epochs on the embedded subset and compare loss curves')
     b.add_argument('--fused', action='store_true', help="instead: a benchmark row's students (--methods) one after another vs one fused run")
+    b.add_argument('--dispatch', action='store_true', help="instead: the training loop's own time per step (fastai's Learner, kdnb's LeanLearner, "
+                   "a hand-written loop; CPU), which limits a GPU step of a few milliseconds")
     b.add_argument('--data', metavar='DATASET', help='instead: time the training data pipeline of DATASET alone (decoding and augmentation in --workers processes)')
     b.add_argument('--data-root', type=Path, help='with --data: the folder holding its files')
     b.add_argument('--methods', help='with --fused: comma-separated methods (default: the main table but DML: KD,FitNet,AT,DIST,SRD,SRDwithDIST)')
@@ -230,8 +232,9 @@ def _grid_table(a):
     print(md.read_text()); print(f"written: {md} and {csv}" + (', and table.md/table.csv in each grid directory' if len(a.out) > 1 else ''))
 
 def _bench(a):
-    from kdnb.bench import run_bench, run_fused_bench, data_bench, MAIN_METHODS
+    from kdnb.bench import run_bench, run_fused_bench, data_bench, dispatch_bench, MAIN_METHODS
     if a.data: return data_bench(a.data, a.data_root, a.bs, a.workers, a.steps or 20) and None
+    if a.dispatch: return dispatch_bench(a.steps or 100, a.rounds or 5) and None
     if a.methods and not a.fused: raise KdnbError("--methods goes with --fused")
     if a.fused:
         methods = tuple(m.strip() for m in a.methods.split(',') if m.strip()) if a.methods else MAIN_METHODS
