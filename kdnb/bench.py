@@ -8,12 +8,12 @@ Docs: https://kdnb-team.github.io/kdnb/bench.html.md"""
 from __future__ import annotations
 import tempfile, time
 from pathlib import Path
+from .core import KdnbError, check_number, check_device
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from fastai.callback.core import Callback, CancelFitException, CancelValidException
 from fastai.learner import Learner
 from fastai.torch_core import default_device
-from .core import KdnbError, check_number, check_device
 from .data import ImageArrayDataset, WithIndex, cifar_transforms, indexed_dataloaders, CIFAR100_STATS
 from .models.core import create_model
 from .losses import kd_loss

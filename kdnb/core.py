@@ -9,7 +9,8 @@ from __future__ import annotations
 import json, os, tempfile, warnings
 from contextlib import contextmanager
 from pathlib import Path
-# fastai still wraps a few helpers in torch.jit.script, which torch now deprecates; the warning is not for our users
+# fastai still wraps a few helpers in torch.jit.script, which torch now deprecates; the warning is not for kdnb's users
+# (kdnb's modules import this one before fastai, so the filter is in place when fastai's modules load)
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
 
 # %% auto #0

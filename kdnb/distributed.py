@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib, json, os, subprocess, sys, tempfile
 from dataclasses import replace
 from pathlib import Path
+from .core import KdnbError, atomic_write, load_json, check_device
 import torch, torch.distributed as dist
 from fastai.distributed import DistributedDL, DistributedTrainer
 from fastai.torch_core import num_distrib, rank_distrib, maybe_gather, default_device
-from .core import KdnbError, atomic_write, load_json, check_device
 from .fast import Speed
 
 # %% auto #0

@@ -9,13 +9,13 @@ from __future__ import annotations
 import fcntl, hashlib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from .core import KdnbError, save_torch
 import numpy as np, torch, torch.nn as nn
 from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders
 from fastai.callback.core import Callback, event
 from fastai.learner import Learner
 from fastai.torch_core import default_device
-from .core import KdnbError, save_torch
 from .data import WithIndex, ImageArrayDataset, get_dataset, _head, CIFAR10_STATS, CIFAR100_STATS
 
 # %% auto #0

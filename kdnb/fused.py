@@ -10,11 +10,11 @@ import time
 from contextlib import ExitStack
 from dataclasses import fields, replace
 from pathlib import Path
+from .core import KdnbError, DirLock, save_json, load_json
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastai.learner import AvgMetric, ValueMetric
 from fastai.torch_core import set_seed, trainable_params
 from fastai.callback.core import Callback
-from .core import KdnbError, DirLock, save_json, load_json
 from .models.core import FeatureHooks, create_model
 from .config import Recipe, RunConfig, FUSED_APART
 from .methods import METHODS, create_method

@@ -50,3 +50,10 @@ def test_notebooks_import_only_earlier_notebooks():
     late = [f"{nb.name} imports {m} ({defines[m.removeprefix('kdnb.')].name})" for nb, cs in cells.items() for c in cs for m in imported(c)
             if m.startswith('kdnb.') and m.removeprefix('kdnb.') in defines and defines[m.removeprefix('kdnb.')].name > nb.name]
     assert not late, late
+
+def test_importing_any_entry_module_shows_no_fastai_deprecation():
+    "kdnb.core's filter for fastai's torch.jit.script deprecation is in place before fastai loads, whichever module a user imports first."
+    mods = ['kdnb.data', 'kdnb.fast', 'kdnb.distributed', 'kdnb.train', 'kdnb.distill', 'kdnb.fused', 'kdnb.bench', 'kdnb.grid']
+    procs = {m: subprocess.Popen([sys.executable, '-W', 'default', '-c', f'import {m}'], stderr=subprocess.PIPE, text=True) for m in mods}
+    warned = {m: err for m, p in procs.items() if 'FutureWarning' in (err := p.communicate(timeout=300)[1])}
+    assert not warned, warned
