@@ -139,6 +139,8 @@ def _bench_command(sub):
     b.add_argument('--data', metavar='DATASET', help='instead: time the training data pipeline of DATASET alone (decoding and augmentation in --workers processes)')
     b.add_argument('--data-root', type=Path, help='with --data: the folder holding its files')
     b.add_argument('--methods', help='with --fused: comma-separated methods (default: the main table but DML: KD,FitNet,AT,DIST,SRD,SRDwithDIST)')
+    b.add_argument('--speed', help="with --fused: the speed options of every loop timed (default fast; e.g. fast,compile=reduce-overhead: "
+                   "CUDA graphs for each student)")
 
 def _docs_command(sub):
     "`kdnb docs`."
@@ -235,10 +237,10 @@ def _bench(a):
     from kdnb.bench import run_bench, run_fused_bench, data_bench, dispatch_bench, MAIN_METHODS
     if a.data: return data_bench(a.data, a.data_root, a.bs, a.workers, a.steps or 20) and None
     if a.dispatch: return dispatch_bench(a.steps or 100, a.rounds or 5) and None
-    if a.methods and not a.fused: raise KdnbError("--methods goes with --fused")
+    if (a.methods or a.speed) and not a.fused: raise KdnbError("--methods and --speed go with --fused")
     if a.fused:
         methods = tuple(m.strip() for m in a.methods.split(',') if m.strip()) if a.methods else MAIN_METHODS
-        return run_fused_bench(a.device, a.pair, a.steps, a.warmup, a.bs, a.images, a.rounds, methods) and None
+        return run_fused_bench(a.device, a.pair, a.steps, a.warmup, a.bs, a.images, a.rounds, methods, speed=a.speed or 'fast') and None
     run_bench(a.device, a.pair, a.steps, a.warmup, a.bs, a.workers, a.images, check_accuracy=a.check_accuracy, rounds=a.rounds,
               cache_images=a.cache_images)
 

@@ -12,6 +12,13 @@ def test_bench_cpu_prints_ratio():
     for label in ['reference', 'kdnb, all options off', '+ teacher cache']: assert any(l.startswith(label) for l in lines), r.stdout
     one_line_error(run_kdnb('bench', '--device', 'cpu', '--pair', 'WRN-40-4'), 'TEACHER:STUDENT')
 
+def test_bench_fused_with_speed_options():
+    "`kdnb bench --fused --speed S`: every loop timed (each student alone, then fused) trains with the speed options asked for."
+    out = run_kdnb('bench', '--fused', '--device', 'cpu', '--speed', 'off', '--methods', 'KD,AT', '--pair', 'ResNet-8:ResNet-8', '--steps', '1',
+                   '--rounds', '1', '--warmup', '1', '--images', '128', check=True).stdout
+    assert 'speed off: each alone' in out and re.search(r'speed-up of fused over one after another: \d+\.\d\dx \(2 students', out), out
+    one_line_error(run_kdnb('bench', '--speed', 'off'), '--methods and --speed go with --fused')
+
 def test_bench_dispatch_prints_the_loops_own_time():
     "`kdnb bench --dispatch`: fastai's Learner, LeanLearner and a hand-written loop, per step, and the loop's own time over the hand-written one."
     lines = run_kdnb('bench', '--dispatch', '--steps', '5', '--rounds', '1', check=True).stdout.strip().splitlines()
