@@ -82,6 +82,7 @@ def prepare_run_dir(out, config:dict, resume:bool) -> dict|None:
     old = _stored_config(out)
     if not isinstance(old, dict):
         raise KdnbError(f"{out} holds run files ({', '.join(trained)}) but neither config.json nor last.pt says which run; choose a new --out directory")
+    old = _in_current_terms(old, config)
     diff = {k: (old.get(k), config.get(k)) for k in {**config, 'processes': None, 'sync_bn': None} if old.get(k) != config.get(k)}
     if diff:
         k, (a, b) = next(iter(diff.items()))
@@ -94,6 +95,13 @@ def prepare_run_dir(out, config:dict, resume:bool) -> dict|None:
     if missing := [k for k in ('opt', 'epoch', 'history', 'rng') if k not in ckpt]:
         raise KdnbError(f"{out/'last.pt'} holds weights but cannot resume a run (no {missing[0]!r}); choose a new --out directory")
     return ckpt
+
+def _in_current_terms(old:dict, config:dict) -> dict:
+    "`old`, recorded before kdnb described a run by a `RunConfig` (no `benchmark` then), as this kdnb records the same run."
+    if 'kind' not in old or 'benchmark' in old: return old
+    up = {**old, 'benchmark': config.get('benchmark'), 'sync_bn': old.get('sync_bn', False)}  # the benchmark only chose the recipe, recorded in full
+    if 'student' in up: up['model'] = up.pop('student')
+    return up
 
 def _json_or_none(f):
     try: return load_json(f)
