@@ -10,11 +10,11 @@ import fnmatch, json
 from dataclasses import dataclass, field, fields, asdict, replace, MISSING
 from pathlib import Path
 from fastcore.basics import patch
-from .core import KdnbError, check_number
+from .core import KdnbError, check_number, PRECISIONS
 
 # %% auto #0
-__all__ = ['RECIPES', 'HOW', 'FUSED_APART', 'RUNNERS', 'Recipe', 'reference_recipe', 'RunConfig', 'flag_name', 'check_field',
-           'as_config', 'launch_run']
+__all__ = ['RECIPES', 'TEACHER_LOGITS', 'HOW', 'FUSED_APART', 'RUNNERS', 'Recipe', 'reference_recipe', 'RunConfig', 'flag_name',
+           'check_field', 'as_config', 'launch_run']
 
 # %% ../nbs/06h_config.ipynb #e4fa554e
 @dataclass
@@ -61,13 +61,25 @@ def reference_recipe(model_name:str, benchmark:str='reference') -> Recipe:
     return Recipe(**asdict(next(r for pat, r in RECIPES[benchmark] if fnmatch.fnmatch(name, pat))))  # a copy, free to change
 
 # %% ../nbs/06h_config.ipynb #ccf2775e
-def _field(default=MISSING, help:str='', number:dict|None=None, choices=None, flag=None, commands=('train', 'distill'), factory=None):
-    "A `RunConfig` field: its default, the check its value passes (a number's bounds, or its choices) and its command-line flag."
-    # flag: the option's name (default --NAME), {command: name} where commands call it differently, or False for none;
-    # commands: the kinds of run that take it (`RunConfig.kind`), each a command of the CLI
-    meta = dict(help=help, number=number, choices=choices, flag=flag, commands=commands)
+def _field(default=MISSING, help:str='', number:dict|None=None, choices=None, check=None, flag=None, commands=('train', 'distill'), factory=None):
+    "A `RunConfig` field: its default, the check its value passes (a number's bounds, its choices, or `check`) and its command-line flag."
+    # check: a function raising `KdnbError` for a value that cannot run; flag: the option's name (default --NAME), {command: name}
+    # where commands call it differently, or False for none; commands: the kinds of run that take it (`RunConfig.kind`), each a CLI command
+    meta = dict(help=help, number=number, choices=choices, check=check, flag=flag, commands=commands)
     return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
 
+def _known_dataset(v):
+    from kdnb.data import get_dataset  # data and speed are read when a run starts: the CLI builds its parser without torch
+    get_dataset(v)
+
+def _speed_options(v):
+    from kdnb.fast import parse_speed
+    parse_speed(v, 'cpu')
+
+def _mapping(v):
+    if not isinstance(v, dict): raise KdnbError(f"hparams must map hyper-parameter names to values, not {v!r}")
+
+TEACHER_LOGITS = ('online', 'precomputed')  # the teacher run on every batch's views, or once per image before training
 HOW = ('out', 'resume', 'device', 'num_workers', 'progress', 'data_root', 'download')  # where and how a run executes, not what it is
 
 @dataclass
@@ -79,13 +91,13 @@ class RunConfig:
     method: str|None = _field(None, "the distillation method (kdnb methods), KD if left out. On the command line several, comma-separated "
                               "(KD,DIST,AT), train one student each in one fused run (one teacher pass per batch), each into --out/METHOD",
                               commands=('distill',))
-    hparams: dict = _field(help="the method's hyper-parameters; those left out take the benchmark's values", flag=False, commands=('distill',),
-                           factory=dict)  # on the command line: --hp NAME=VALUE
+    hparams: dict = _field(help="the method's hyper-parameters; those left out take the benchmark's values", check=_mapping, flag=False,
+                           commands=('distill',), factory=dict)  # on the command line: --hp NAME=VALUE
     teacher_ckpt: str|None = _field(None, "the teacher's weights: a kdnb run's last.pt, a state_dict, a RepDistiller/mdistiller checkpoint, "
                                     "or pretrained:WEIGHTS (a torchvision:/timm: teacher's published weights)", commands=('distill',))
     teacher_logits: str = _field('online', "online, or precomputed: one teacher view per image, drawn once (the 'inconsistent teacher' ablation)",
-                                 choices=('online', 'precomputed'), commands=('distill',))
-    dataset: str = _field('cifar10-subset', 'dataset name (kdnb datasets); default: the embedded offline subset')
+                                 choices=TEACHER_LOGITS, commands=('distill',))
+    dataset: str = _field('cifar10-subset', 'dataset name (kdnb datasets); default: the embedded offline subset', check=_known_dataset)
     data_root: str|None = _field(None, 'folder holding the dataset files (CIFAR-10/100, image folders)')
     download: bool = _field(False, "let torchvision download CIFAR, and a teacher's published weights (needs network)")
     max_items: int|None = _field(None, 'use only the first N images of each split (quick checks)', number=dict(integer=True, minimum=1))
@@ -95,8 +107,8 @@ class RunConfig:
     lr: float|None = _field(None, "base learning rate (default: the recipe's)", number=dict(above=0))
     bs: int|None = _field(None, "batch size, over all processes of a DDP run (default: the recipe's)", number=dict(integer=True, minimum=1))
     seed: int = _field(0, 'seed of initialisation, data order and augmentation', number=dict(integer=True, minimum=0))
-    speed: str = _field('auto', "speed options: auto (fast on a GPU), off, fast, or a list such as fast,compile,teacher_cache")
-    precision: str = _field('fp32', "fp32 (as the reference trained) or bf16 autocast (faster on a GPU; changes results)", choices=('fp32', 'bf16'))
+    speed: str = _field('auto', "speed options: auto (fast on a GPU), off, fast, or a list such as fast,compile,teacher_cache", check=_speed_options)
+    precision: str = _field('fp32', "fp32 (as the reference trained) or bf16 autocast (faster on a GPU; changes results)", choices=PRECISIONS)
     gpus: int = _field(1, "processes of one DDP run, one per GPU (with --device cpu: CPU processes); the recipe's batch is split over them. "
                        "Several machines: start torchrun yourself and leave --gpus out", number=dict(integer=True, minimum=1))
     sync_bn: bool = _field(False, "with --gpus N: normalise the student's batches over all GPUs (SyncBatchNorm)")
@@ -135,13 +147,7 @@ def check_field(name:str, v):
     elif m['choices'] and v not in m['choices']: raise KdnbError(f"{name} must be one of {', '.join(m['choices'])}, not {v!r}")
     elif isinstance(f.default, bool) and not isinstance(v, bool): raise KdnbError(f"{name} must be true or false, not {v!r}")
     elif f.type.startswith('str') and not isinstance(v, str): raise KdnbError(f"{name} must be text (a name or a path), not {v!r}")
-    elif name == 'hparams' and not isinstance(v, dict): raise KdnbError(f"hparams must map hyper-parameter names to values, not {v!r}")
-    elif name == 'dataset':
-        from kdnb.data import get_dataset
-        get_dataset(v)
-    elif name == 'speed':
-        from kdnb.fast import parse_speed
-        parse_speed(v, 'cpu')
+    elif m['check']: m['check'](v)
 
 # %% ../nbs/06h_config.ipynb #859876a6
 FUSED_APART = ('method', 'hparams', 'out')  # what fused students (kdnb.fused) may differ in

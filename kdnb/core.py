@@ -14,8 +14,8 @@ from pathlib import Path
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
 
 # %% auto #0
-__all__ = ['KdnbError', 'Registry', 'atomic_write', 'save_json', 'load_json', 'save_torch', 'check_number', 'check_device',
-           'DirLock']
+__all__ = ['PRECISIONS', 'KdnbError', 'Registry', 'atomic_write', 'save_json', 'load_json', 'save_torch', 'check_number',
+           'check_device', 'DirLock']
 
 # %% ../nbs/00_core.ipynb #38643ae6
 class KdnbError(Exception):
@@ -110,6 +110,8 @@ def check_number(name:str, v, minimum=None, above=None, integer:bool=False, fix:
     return v
 
 # %% ../nbs/00_core.ipynb #2397685a
+PRECISIONS = ('fp32', 'bf16')  # what a run may train in: fp32, as the reference did, or bf16 autocast
+
 def check_device(device) -> None:
     "Raise a `KdnbError` if `device` ('cpu', 'cuda', 'cuda:1', 'mps'...) is not a device torch can use on this machine; None means the default."
     if device is None: return

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fcntl, hashlib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from .core import KdnbError, save_torch
+from .core import KdnbError, save_torch, PRECISIONS
 import numpy as np, torch, torch.nn as nn
 from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders
@@ -19,8 +19,8 @@ from fastai.torch_core import default_device
 from .data import WithIndex, ImageArrayDataset, get_dataset, _head, CIFAR10_STATS, CIFAR100_STATS
 
 # %% auto #0
-__all__ = ['COMPILE_MODES', 'SPEED_PRESETS', 'PRECISIONS', 'STATS', 'Speed', 'parse_speed', 'reflect_pad', 'crop_views',
-           'view_id', 'view_params', 'DeviceImageLoader', 'array_dataloaders', 'device_dataloaders', 'prepare_models',
+__all__ = ['COMPILE_MODES', 'SPEED_PRESETS', 'STATS', 'Speed', 'parse_speed', 'reflect_pad', 'crop_views', 'view_id',
+           'view_params', 'DeviceImageLoader', 'array_dataloaders', 'device_dataloaders', 'prepare_models',
            'BF16Autocast', 'speed_callbacks', 'LeanLearner', 'TeacherLogitCache', 'cache_key', 'load_or_build_cache']
 
 # %% ../nbs/06e_fast.ipynb #4a3824ac
@@ -47,7 +47,6 @@ class Speed:
     def __str__(self): return ','.join(f.name + (f'={v}' if f.name == 'compile' else '') for f in fields(self) if f.name != 'bf16' and (v := getattr(self, f.name))) or 'off'
 
 SPEED_PRESETS = {'off': Speed(), 'fast': Speed(device_data=True, channels_last=True, cudnn_benchmark=True)}
-PRECISIONS = ('fp32', 'bf16')
 
 def parse_speed(text:str|Speed|None='auto', device=None, precision:str|None=None) -> Speed:
     "`'auto'`, `'off'`, `'fast'`, or either preset plus options ('fast,compile,teacher_cache', 'off,device_data', 'compile=max-autotune'), in `precision`."

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, asdict, replace
 from pathlib import Path
 import yaml
 from ..core import KdnbError
-from ..config import RunConfig, check_field
+from ..config import RunConfig, check_field, TEACHER_LOGITS
 
 # %% auto #0
 __all__ = ['RUN_SETTINGS', 'SETTINGS', 'GRID_KEYS', 'EXPERIMENT_KEYS', 'SETTING_DEFAULTS', 'SpecError', 'Cell', 'Entry', 'Plan',
@@ -214,7 +214,7 @@ def _experiment_lists(file, where, e:dict) -> tuple[list, list, list, dict, list
     hps = {m: _method_hparams(file, f"{where}, method {m!r}", m, hp_spec.get(m) or next((v for k, v in hp_spec.items() if k.lower() == m.lower()), {}), pairs) for m in methods}
     variants = e.get('teacher_logits', ['online'])
     variants = [variants] if isinstance(variants, str) else variants
-    if not isinstance(variants, list) or not variants or any(v not in ('online', 'precomputed') for v in variants):
+    if not isinstance(variants, list) or not variants or any(v not in TEACHER_LOGITS for v in variants):
         _fail(file, where, 'teacher_logits', f"must list 'online' and/or 'precomputed', not {variants!r}")
     return [_model(file, where, 'models', m) for m in models], pairs, methods, hps, variants
 
