@@ -7,14 +7,15 @@ Docs: https://kdnb-team.github.io/kdnb/fused.html.md"""
 # %% ../nbs/10a_fused.ipynb #edcf2bc4
 from __future__ import annotations
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import fields, replace
 from pathlib import Path
 from .core import KdnbError, DirLock, save_json, load_json
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastai.learner import AvgMetric, ValueMetric
-from fastai.torch_core import set_seed, trainable_params
-from fastai.callback.core import Callback
+from fastai.torch_core import set_seed, trainable_params, default_device
+from fastai.callback.core import Callback, CancelBackwardException
 from .models.core import FeatureHooks, create_model
 from .config import Recipe, RunConfig, FUSED_APART
 from .methods import METHODS, create_method
@@ -27,15 +28,46 @@ from .distill import (DistillationModel, Distiller, logits_features, make_method
                       run_pre_stages, set_context, distill_model)
 
 # %% auto #0
-__all__ = ['FusedStudents', 'fused_ce', 'member_labels', 'member_metric', 'FusedDistiller', 'member_opt_state', 'fused_opt_state',
-           'fused_learner', 'FusedCheckpointer', 'fit_fused', 'fused_configs', 'distill_fused']
+__all__ = ['MemberThreads', 'FusedStudents', 'fused_ce', 'member_labels', 'member_metric', 'FusedDistiller', 'member_opt_state',
+           'fused_opt_state', 'fused_learner', 'FusedCheckpointer', 'fit_fused', 'fused_configs', 'distill_fused']
+
+# %% ../nbs/10a_fused.ipynb #f29f0c0c
+class MemberThreads:
+    "Runs one call per fused member at once: `workers` threads (at most one per member), each with its share of `threads` intra-op threads."
+    max_workers:int|None = None  # the default `workers`; None: `torch.get_num_interop_threads()`
+    def __init__(self, members:int, workers:int|None=None, threads:int|None=None):
+        self.workers = max(1, min(members, workers or self.max_workers or torch.get_num_interop_threads()))
+        self.threads = max(1, (threads or torch.get_num_threads()) // self.workers)
+        self.pool = ThreadPoolExecutor(self.workers, 'kdnb-member', initializer=torch.set_num_threads, initargs=(self.threads,)) if self.workers > 1 else None
+
+    def map(self, f, items, in_order:bool=False) -> list:
+        "`[f(x) for x in items]`, the calls at once on the workers (one at a time, in order, if `in_order`), in the caller's grad mode and autocast."
+        if self.pool is None: return [f(x) for x in items]
+        grad, autocast = torch.is_grad_enabled(), (torch.is_autocast_enabled('cpu'), torch.get_autocast_dtype('cpu'))
+        def call(x):
+            with torch.set_grad_enabled(grad), torch.autocast('cpu', dtype=autocast[1], enabled=autocast[0]): return f(x)
+        if in_order: return [self.pool.submit(call, x).result() for x in items]
+        return list(self.pool.map(call, items))
 
 # %% ../nbs/10a_fused.ipynb #5b95d80f
 class FusedStudents(nn.Module):
-    "Distillation models of one teacher run on the same batch; `forward` returns their logits stacked: (members, batch, classes)."
-    def __init__(self, members:list[DistillationModel]):
-        super().__init__(); self.members = nn.ModuleList(members)
-    def forward(self, x): return torch.stack([m(x) for m in self.members])
+    "Distillation models of one teacher run on the same batch, on `threads`; `forward` returns their logits stacked: (members, batch, classes)."
+    def __init__(self, members:list[DistillationModel], threads:MemberThreads|None=None):
+        super().__init__()
+        self.members, self.threads = nn.ModuleList(members), threads or MemberThreads(1)
+        self.outs, self.draws = [], None  # each member's own logits; whether a training forward draws random numbers
+    def forward(self, x):
+        # members draw from one random generator: a forward that draws (dropout, stochastic depth) runs in order, so runs repeat
+        if self.training and self.draws is None: self.outs, self.draws = self._forward_in_order(x)
+        else: self.outs = self.threads.map(lambda m: m(x), self.members, in_order=self.training and self.draws)
+        return torch.stack(self.outs)
+    def _forward_in_order(self, x) -> tuple[list, bool]:
+        outs, draws = [], False
+        for m in self.members:
+            before = torch.random.get_rng_state()
+            outs += self.threads.map(m, [x])
+            draws = draws or not torch.equal(before, torch.random.get_rng_state())
+        return outs, draws
 
 def fused_ce(pred:torch.Tensor, y:torch.Tensor) -> torch.Tensor:
     "The members' mean cross-entropy (the fused run's validation loss; each member's own is a metric)."
@@ -61,7 +93,7 @@ class FusedDistiller(Distiller):
         methods = [m.method for m in self.members]
         self.s_hooks = [FeatureHooks(m.student, preact=m.method.preact_student) if m.method.needs_features else None for m in self.members]
         self.t_hooks = {p: FeatureHooks(self.source.net, preact=p, detach=True) for p in {m.preact_teacher for m in methods if m.needs_features}}
-        self.labels = member_labels([m.method_name for m in methods])
+        self.labels, self.losses = member_labels([m.method_name for m in methods]), None
         self.reset()
         self.learn.metrics = [member_metric(k, fn, f'{lab}:{n}') for k, lab in enumerate(self.labels)
                               for fn, n in ((top1, 'top1'), (top5, 'top5'), (F.cross_entropy, 'valid_loss'))]
@@ -80,20 +112,26 @@ class FusedDistiller(Distiller):
         if not self.training: return
         self.t_logits = self.source.logits(self.learn)
         self.t_feats = {p: h.features(self.t_logits) for p, h in self.t_hooks.items()}
-        self.s_feats = [h.features(p) if h else logits_features(p) for h, p in zip(self.s_hooks, self.pred)]
+        self.s_feats = [h.features(p) if h else logits_features(p) for h, p in zip(self.s_hooks, self.learn.model.outs)]
     def after_loss(self):
         if not self.training: return
-        total = 0.
-        for k, (member, s) in enumerate(zip(self.members, self.s_feats)):
-            m = member.method
+        losses, fused = [], self.learn.model
+        for k, (member, s, out) in enumerate(zip(self.members, self.s_feats, fused.outs)):
+            m = member.method  # in order, in this thread: a method's loss may draw random numbers
             t = self.t_feats[m.preact_teacher] if m.needs_features else logits_features(self.t_logits)
-            terms = m(s, t, self.y, F.cross_entropy(self.pred[k], self.y))
-            loss = sum(terms.values())
-            total = total + loss
+            terms = m(s, t, self.y, F.cross_entropy(out, self.y))
+            losses.append(loss := sum(terms.values()))
             for name, v in {'train_loss': loss.float(), **terms}.items(): self.sums[k][name] = self.sums[k][name] + v.detach()
+        total = sum(losses)
         self.learn.loss_grad, self.learn.loss = total, total.detach()
         self.count += 1
-        self.s_feats = self.t_feats = self.t_logits = None  # free the graph's references before backward
+        self.losses = losses if fused.threads.pool else None
+        self.s_feats = self.t_feats = self.t_logits = fused.outs = None  # free the graph's references before backward
+    def before_backward(self):
+        if not self.losses: return
+        losses, self.losses = self.losses, None
+        self.learn.model.threads.map(torch.Tensor.backward, losses)  # each member's graph apart, at once
+        raise CancelBackwardException  # fastai's own backward of the summed loss is done
     def after_fit(self):
         for h in [*self.s_hooks, *self.t_hooks.values()]:
             if h: h.remove()
@@ -116,7 +154,9 @@ def fused_opt_state(states:list[dict]) -> dict:
 
 def fused_learner(dls, members:list[DistillationModel], teacher:nn.Module, recipe:Recipe, out, source=None, speed=None):
     "A `Learner` training `members` (each a `DistillationModel` of `teacher`) together: one teacher pass per batch, one parameter group per member."
-    learn = make_learner(dls, FusedStudents(members), recipe, out, cbs=[FusedDistiller(source or default_source(teacher, [m.method for m in members]))], speed=speed,
+    cpu = torch.device(dls.device or default_device()).type == 'cpu'
+    threads = MemberThreads(len(members)) if cpu and not (speed and speed.compile) else None  # compiled code is traced one thread at a time
+    learn = make_learner(dls, FusedStudents(members, threads), recipe, out, cbs=[FusedDistiller(source or default_source(teacher, [m.method for m in members]))], speed=speed,
                          splitter=lambda model: [trainable_params(m) for m in model.members])
     learn.loss_func = fused_ce
     return learn
