@@ -228,6 +228,8 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
            f"each alone, then all in one fused run; {rounds} interleaved rounds of {steps} timed steps")
     loops = {m: KdnbLoop(t_name, s_name, ds, speed, 'fp32', bs, device, 0, methods=(m,)) for m in methods}
     loops['fused'] = KdnbLoop(t_name, s_name, ds, speed, 'fp32', bs, device, 0, methods=tuple(methods))
+    if (mt := loops['fused'].learn.model.threads).workers > 1:
+        print_(f"the fused students run side by side on {mt.workers} worker threads of {mt.threads} intra-op thread(s) each (MemberThreads)")
     for loop in loops.values(): loop.time(max(warmup, 1))
     secs = {k: [] for k in loops}
     for _ in range(rounds):

@@ -36,7 +36,9 @@ PAIR_HPARAMS = {('SRDwithDIST', 'WRN-40-4', 'WRN-16-2'): {'beta': 4.},
                 **{('DKD', t, s): {'beta': b} for t, s, b in [('WRN-40-2', 'WRN-16-2', 6.), ('WRN-40-2', 'WRN-40-1', 6.), ('ResNet-56', 'ResNet-20', 2.),
                                                               ('ResNet-110', 'ResNet-32', 2.), ('VGG-13', 'VGG-8', 6.), ('VGG-13', 'MobileNetV2-x0.5', 6.)]},
                 # RepDistiller's helper/pretrain.py: FT's paraphraser stage at lr 0.01, except for students other than ResNets and WRNs (VGG-8: 0.05)
-                **{('FT', t, 'VGG-8'): {'init_lr': 0.05} for t in ('VGG-13', 'ResNet-50')}}
+                **{('FT', t, 'VGG-8'): {'init_lr': 0.05} for t in ('VGG-13', 'ResNet-50')},
+                # RepDistiller's AT pairs every stage output the shallower network has: f1..f4 where both have a fourth
+                **{('AT', t, s): {'stages': 4} for t in ('VGG-13', 'ResNet-50') for s in ('VGG-8', 'MobileNetV2-x0.5')}}
 
 def default_hparams(method:str, teacher:str, student:str) -> dict:
     "The benchmark's hyper-parameters of `method` for this teacher -> student pair."
@@ -224,14 +226,14 @@ def make_method(method:str, teacher:str, student:str, teacher_logits:str='online
     name = METHODS.canonical(method)
     hp = {**default_hparams(name, teacher, student), **{k: v for k, v in hparams.items() if v is not None}}
     m = create_method(name, **hp)
-    if teacher_logits == 'precomputed' and (not m.logits_only or m.trains_teacher):
-        raise KdnbError(f"{name} cannot use pre-computed teacher logits: it needs the teacher's features or trains it")
+    if teacher_logits == 'precomputed' and m.precomputed_obstacle:
+        raise KdnbError(f"{name} cannot use pre-computed teacher logits: {m.precomputed_obstacle}; use online teacher logits")
     return m, hp
 
 def distill_speed(cfg:RunConfig, device, methods:list) -> Speed:
     "The `Speed` of run `cfg` on `device`, without the teacher cache where it cannot serve every one of `methods`."
     sp = distributed_speed(parse_speed(cfg.speed, device, cfg.precision), cfg.speed)
-    if sp.teacher_cache and (any(not m.logits_only or m.trains_teacher for m in methods) or cfg.teacher_logits != 'online'
+    if sp.teacher_cache and (any(m.precomputed_obstacle for m in methods) or cfg.teacher_logits != 'online'
                              or cfg.teacher_ckpt is None or not Path(cfg.teacher_ckpt).is_file()):  # the cache is keyed by the checkpoint file's bytes
         names = ', '.join(m.method_name for m in methods)
         print(f"note: teacher_cache is off: it serves logit-only methods with an online, checkpointed teacher, not {names}")

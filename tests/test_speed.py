@@ -1,6 +1,6 @@
 "Speed options end to end: `kdnb bench`, the device pipeline and the teacher cache through `kdnb distill`, and the GPU checks."
 import json, re
-import pytest
+import pytest, torch
 from conftest import run_kdnb, has_cuda
 from test_cli import one_line_error
 
@@ -17,6 +17,7 @@ def test_bench_fused_with_speed_options():
     out = run_kdnb('bench', '--fused', '--device', 'cpu', '--speed', 'off', '--methods', 'KD,AT', '--pair', 'ResNet-8:ResNet-8', '--steps', '1',
                    '--rounds', '1', '--warmup', '1', '--images', '128', check=True).stdout
     assert 'speed off: each alone' in out and re.search(r'speed-up of fused over one after another: \d+\.\d\dx \(2 students', out), out
+    assert ('the fused students run side by side on 2 worker threads' in out) == (torch.get_num_interop_threads() > 1), out  # on a CPU of 2 cores or more
     one_line_error(run_kdnb('bench', '--speed', 'off'), '--methods and --speed go with --fused')
 
 def test_bench_dispatch_prints_the_loops_own_time():

@@ -31,10 +31,10 @@ class SpecError(KdnbError):
 def _fail(file, where, fld, msg): raise SpecError(f"{file}: {where}, field '{fld}': {msg}")
 
 # %% ../../nbs/12_grid.ipynb #1b4a4580
-def _method_uses(method:str|None) -> str:
-    "The features a method takes from the two networks, as it describes itself (`Method.uses`)."
-    from kdnb.methods import METHODS
-    return METHODS[method].uses if method else ''
+def _method_uses(method:str|None, hparams:dict) -> str:
+    "The features a method with `hparams` takes from the two networks, as it describes itself (`Method.uses`)."
+    from kdnb.methods import create_method
+    return create_method(method, **hparams).uses if method else ''
 
 @dataclass(kw_only=True)
 class Cell(RunConfig):
@@ -54,8 +54,8 @@ class Cell(RunConfig):
 
     def describe(self) -> str:
         "One line: what runs, with which hyper-parameters, recipe, features and teacher."
-        uses = f"; {_method_uses(self.method)}" if self.kind == 'distill' and _method_uses(self.method) else ''
-        return super().describe() + uses + self._teacher_source()
+        uses = _method_uses(self.method, self.hparams) if self.kind == 'distill' else ''
+        return super().describe() + (f"; {uses}" if uses else '') + self._teacher_source()
 
     def _teacher_source(self) -> str:
         if self.kind != 'distill': return ''
@@ -223,8 +223,8 @@ def _check_method_run(file, where, m:str, chain:tuple, variant:str):
     from kdnb.methods import METHODS, create_method
     meth, col = create_method(m), ' -> '.join(chain)
     if meth.trains_teacher and len(chain) > 2: _fail(file, where, 'pairs', f"{m} trains its peer from scratch, so it cannot run along the chain {col!r}")
-    if variant == 'precomputed' and (not meth.logits_only or meth.trains_teacher):
-        _fail(file, where, 'teacher_logits', f"{m} cannot use pre-computed teacher logits (it needs the teacher's features or trains it); only {', '.join(n for n in METHODS.names() if create_method(n).logits_only and not create_method(n).trains_teacher)} can")
+    if variant == 'precomputed' and meth.precomputed_obstacle:
+        _fail(file, where, 'teacher_logits', f"{m} cannot use pre-computed teacher logits ({meth.precomputed_obstacle}); only {', '.join(n for n in METHODS.names() if not create_method(n).precomputed_obstacle)} can")
 
 def _distill_cells(cells:_Cells, where, s:dict, run_settings:dict, low:str, chain:tuple, tid, tck, m:str, hps:dict, variant:str) -> list[str]:
     "The cells of method `m` along `chain` (each step's student teaches the next), one chain per seed; the ids of each seed's last cell."

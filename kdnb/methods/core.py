@@ -84,6 +84,12 @@ class Method(nn.Module):
         "Whether its student can train in a fused run (`kdnb.fused`): not with a peer of its own, nor an optimiser of its own."
         return not self.trains_teacher and not self.own_optimizer
     @property
+    def precomputed_obstacle(self) -> str:
+        "Why its teacher's logits cannot be computed before training (pre-computed or cached), or '' if they can."
+        if self.trains_teacher: return "it trains its teacher"
+        if not self.logits_only: return "it needs the teacher's features"
+        return ''
+    @property
     def ddp_obstacle(self) -> str:
         "Why it cannot train in a run of several processes (`kdnb.distributed`), or '' if it can."
         if self.pre_stages(): return "a stage before the main one leaves parameters without gradients, which DDP does not allow"

@@ -11,7 +11,7 @@ from ..core import KdnbError
 from ..losses import kd_loss, at_loss, hint_loss, SRD_LOGIT_LOSSES, fsp_loss, ab_loss, ft_loss, ofd_margin, ofd_loss, hcl_loss
 from ..connectors import Connector, ConvRegressor
 from ..models.core import Features, classify_feature_map, feature_spec
-from .core import Method, Stage, FeatureKD, register_method
+from .core import Method, Stage, FeatureKD, register_method, stage_pairs
 from .logits import KD
 
 # %% auto #0
@@ -21,19 +21,24 @@ __all__ = ['FitNet', 'AT', 'SRD', 'SRDwithDIST', 'SRDwithKL', 'SRDwithPMSE', 'FS
 # %% ../../nbs/09d_methods.features.ipynb #97616941
 @register_method('FitNet')
 class FitNet(KD):
-    "KD + beta MSE(regressor(student f3), teacher f3); `hint_epochs` > 0: the classic two stages, hint alone then plain KD."
+    "KD + beta MSE(regressor(student f_j), teacher f_j), j = `hint_layer`; `hint_epochs` > 0: the classic two stages, hint alone then plain KD."
     family = 'features'
-    needs_features, uses = True, 'hint at f3 of both networks, through a conv regressor'
+    needs_features, optional = True, ('hint_layer',)
     paper = 'Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015'
-    def __init__(self, alpha:float=0.9, T:float=4., beta:float=2., hint_epochs:int=0):
-        super().__init__(alpha, T); self.beta, self.hint_epochs = beta, hint_epochs
+    def __init__(self, alpha:float=0.9, T:float=4., beta:float=2., hint_epochs:int=0, hint_layer:int=3):
+        super().__init__(alpha, T); self.beta, self.hint_epochs, self.hint_layer = beta, hint_epochs, hint_layer
     @property
     def terms(self): return ('hint',) if self.stage == 'hint' else ('ce', 'kd') if self.hint_epochs else ('ce', 'kd', 'hint')
-    def setup(self, s, t): self.connector = ConvRegressor(s.f[3].shape[1:], t.f[3].shape[1:])
+    def setup(self, s, t):
+        j, maps = self.hint_layer, min(len(s.f), len(t.f)) - 1  # f0 .. the last map; the embedding is no map
+        if j >= maps: raise KdnbError(f"FitNet's hint_layer {j}: the networks have the maps f0..f{maps - 1} in common; pass --hp hint_layer=0..{maps - 1}")
+        self.connector = ConvRegressor(s.f[j].shape[1:], t.f[j].shape[1:])
     def pre_stages(self):
         n = self.hint_epochs
         return [Stage('hint', n, (max(1, round(.4 * n)), max(1, round(.7 * n))))] if n else []
-    def hint(self, s, t): return hint_loss(self.connector(s.f[3]), t.f[3])
+    def hint(self, s, t): return hint_loss(self.connector(s.f[self.hint_layer]), t.f[self.hint_layer])
+    @property
+    def uses(self): return f"hint at f{self.hint_layer} of both networks, through a conv regressor"
     def forward(self, s, t, y, ce):
         if self.stage == 'hint': return {'hint': self.hint(s, t)}
         kd = super().forward(s, t, y, ce)
@@ -41,15 +46,18 @@ class FitNet(KD):
 
 @register_method('AT')
 class AT(KD):
-    "KD + beta sum_j mean((a(f_s^j) - a(f_t^j))^2) over the stage outputs f1..f3."
+    "KD + beta sum_j mean((a(f_s^j) - a(f_t^j))^2) over the first `stages` stage outputs f1, f2, ... that both networks have."
     family = 'features'
-    needs_features, terms, uses = True, ('ce', 'kd', 'at'), 'attention maps of f1, f2, f3, paired by index'
+    needs_features, terms, optional = True, ('ce', 'kd', 'at'), ('stages',)
+    hparam_bounds = {'stages': (1, None)}
     paper = 'Zagoruyko & Komodakis, Paying More Attention to Attention, ICLR 2017'
-    def __init__(self, alpha:float=0.9, T:float=4., beta:float=1000., p:float=2.): super().__init__(alpha, T); self.beta, self.p = beta, p
+    def __init__(self, alpha:float=0.9, T:float=4., beta:float=1000., p:float=2., stages:int=3):
+        super().__init__(alpha, T); self.beta, self.p, self.stages = beta, p, stages
+    @property
+    def uses(self): return f"attention maps of {', '.join(f'f{j}' for j in range(1, self.stages + 1))}, paired by index (as many as both networks have)"
     def forward(self, s, t, y, ce):
-        n = min(len(s.f), len(t.f)) - 2  # f1.. up to the last map, skipping stem and embedding
-        pairs = min(3, n)
-        return {**super().forward(s, t, y, ce), 'at': self.beta * at_loss(s.f[1:1 + pairs], t.f[1:1 + pairs], self.p)}
+        fs, ft = stage_pairs(s, t)
+        return {**super().forward(s, t, y, ce), 'at': self.beta * at_loss(fs[:self.stages], ft[:self.stages], self.p)}
 
 # %% ../../nbs/09d_methods.features.ipynb #e4600b52
 @register_method('SRD')
