@@ -9,6 +9,7 @@ from __future__ import annotations
 from .core import KdnbError
 import random
 import numpy as np
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 import torch, torch.nn as nn
@@ -25,9 +26,9 @@ from .distributed import unwrap, world_size, process_mean, process_device, distr
 from .methods import Method, METHODS, create_method
 
 # %% auto #0
-__all__ = ['PAIR_HPARAMS', 'default_hparams', 'logits_features', 'DistillationModel', 'TeacherSource', 'OnlineTeacher',
-           'PeerTeacher', 'PrecomputedTeacher', 'CachedTeacher', 'default_source', 'set_context', 'Distiller',
-           'PeerAccuracy', 'distill_learner', 'precompute_teacher_logits', 'make_method', 'distill_speed',
+__all__ = ['PAIR_HPARAMS', 'default_hparams', 'logits_features', 'DistillationModel', 'TeacherSource', 'batch_statistics',
+           'OnlineTeacher', 'PeerTeacher', 'PrecomputedTeacher', 'CachedTeacher', 'default_source', 'set_context',
+           'Distiller', 'PeerAccuracy', 'distill_learner', 'precompute_teacher_logits', 'make_method', 'distill_speed',
            'distill_config', 'teacher_source', 'distill_networks', 'distill_model', 'run_pre_stages']
 
 # %% ../nbs/10_distill.ipynb #dac2f577
@@ -38,7 +39,9 @@ PAIR_HPARAMS = {('SRDwithDIST', 'WRN-40-4', 'WRN-16-2'): {'beta': 4.},
                 # RepDistiller's helper/pretrain.py: FT's paraphraser stage at lr 0.01, except for students other than ResNets and WRNs (VGG-8: 0.05)
                 **{('FT', t, 'VGG-8'): {'init_lr': 0.05} for t in ('VGG-13', 'ResNet-50')},
                 # RepDistiller's AT pairs every stage output the shallower network has: f1..f4 where both have a fourth
-                **{('AT', t, s): {'stages': 4} for t in ('VGG-13', 'ResNet-50') for s in ('VGG-8', 'MobileNetV2-x0.5')}}
+                **{('AT', t, s): {'stages': 4} for t in ('VGG-13', 'ResNet-50') for s in ('VGG-8', 'MobileNetV2-x0.5')},
+                # ReviewKD's script/reviewKD.sh: --kd-loss-weight per pair (5, the default, for the others)
+                **{('ReviewKD', t, s): {'beta': b} for t, s, b in [('ResNet-32x4', 'ShuffleNetV2', 8.), ('ResNet-56', 'ResNet-20', .6), ('ResNet-110', 'ResNet-32', 1.)]}}
 
 def default_hparams(method:str, teacher:str, student:str) -> dict:
     "The benchmark's hyper-parameters of `method` for this teacher -> student pair."
@@ -89,14 +92,25 @@ class TeacherSource:
     def to(self, device) -> TeacherSource: return self
     def logits(self, learn:Learner) -> torch.Tensor: raise NotImplementedError
 
+@contextmanager
+def batch_statistics(net:nn.Module):
+    "`net`'s BatchNorm layers normalise by each batch's own statistics, as in training mode, and leave their running statistics as they are."
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was = [(m.training, m.momentum) for m in bns]
+    for m in bns: m.train(); m.momentum = 0.  # running = (1 - momentum) running + momentum batch: unchanged
+    try: yield
+    finally:
+        for m, (training, momentum) in zip(bns, was): m.train(training); m.momentum = momentum
+
 class OnlineTeacher(TeacherSource):
-    "The frozen teacher's forward pass on the batch (under `no_grad` if its hooks record `features`, else `inference_mode`)."
-    def __init__(self, net:nn.Module, features:bool=False): self.net, self.features = net, features
+    "The frozen teacher's forward pass on the batch (under `no_grad` if its hooks record `features`, else `inference_mode`); BatchNorm on the batch's statistics if `train`."
+    def __init__(self, net:nn.Module, features:bool=False, train:bool=False): self.net, self.features, self.train = net, features, train
     def to(self, device): self.net.to(device).eval().requires_grad_(False); return self
     def logits(self, learn):
-        if self.features:
-            with torch.no_grad(): return self.net(*learn.xb)
-        with torch.inference_mode(): z = self.net(*learn.xb)
+        with batch_statistics(self.net) if self.train else nullcontext():
+            if self.features:
+                with torch.no_grad(): return self.net(*learn.xb)
+            with torch.inference_mode(): z = self.net(*learn.xb)
         return z.clone()  # a normal tensor again, usable by autograd
 
 class PeerTeacher(TeacherSource):
@@ -118,7 +132,7 @@ class CachedTeacher(TeacherSource):
 def default_source(teacher:nn.Module, methods:list[Method]) -> TeacherSource:
     "A DML peer, or the teacher's forward pass (recording features if a method reads them)."
     if any(m.trains_teacher for m in methods): return PeerTeacher(teacher)
-    return OnlineTeacher(teacher, features=any(m.needs_features for m in methods))
+    return OnlineTeacher(teacher, features=any(m.needs_features for m in methods), train=any(m.teacher_train for m in methods))
 
 # %% ../nbs/10_distill.ipynb #8455d6cc
 def set_context(m:Method, l:Learner):

@@ -227,9 +227,8 @@ def _fused_methods(cfgs:list[RunConfig]) -> list[tuple]:
     if len({c.out for c in cfgs}) != len(cfgs): raise KdnbError("fused students need one output folder each, all different")
     made = [make_method(c.method, c.teacher, c.model, c.teacher_logits, **c.hparams) for c in cfgs]
     for m, _ in made:
-        if not m.fusable:
-            why = 'trains its teacher as a peer' if m.trains_teacher else 'trains with an optimiser of its own'
-            raise KdnbError(f"{m.method_name} {why}, which fused students cannot share; run it alone (kdnb distill --method {m.method_name})")
+        if m.fuse_obstacle:
+            raise KdnbError(f"{m.method_name} cannot join fused students: {m.fuse_obstacle}; run it alone (kdnb distill --method {m.method_name})")
     return made
 
 def _fused_members(made:list[tuple], cfgs:list[RunConfig], t_net, dls, sp) -> tuple[list, list]:

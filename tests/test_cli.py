@@ -137,7 +137,7 @@ def test_fused_distill_and_generic_hparams(kdnb_main, tmp_path):
     res = {m: json.loads((tmp_path/'f'/m/'results.json').read_text()) for m in ('KD', 'AT')}
     assert res['KD']['config']['hparams']['T'] == 2 and res['AT']['config']['hparams'] == {'alpha': 0.9, 'T': 2, 'beta': 500, 'p': 2.0}
     assert res['KD']['fused_with'] == ['AT'] and 'KD ' in r.stdout and 'AT ' in r.stdout
-    one_line_error(kdnb_main('distill', *common, '--method', 'KD,DML', '--out', tmp_path/'x'), 'DML trains its teacher as a peer', 'run it alone')
+    one_line_error(kdnb_main('distill', *common, '--method', 'KD,DML', '--out', tmp_path/'x'), 'DML cannot join fused students: it trains its teacher as a peer', 'run it alone')
     one_line_error(kdnb_main('distill', *common, '--method', 'KD,DIST', '--hint-epochs', '2', '--out', tmp_path/'x'), "takes the hyper-parameter 'hint_epochs'")
     one_line_error(kdnb_main('distill', *common, '--method', 'DOT', '--hp', 'delta=0.5', '--out', tmp_path/'x'), "DOT's delta must be in [0, 0.1)")
     one_line_error(kdnb_main('distill', *common, '--method', 'DOT', '--hp', 'gamma=1', '--out', tmp_path/'x'), "method DOT has no hyper-parameter 'gamma'")

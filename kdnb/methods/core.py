@@ -53,6 +53,7 @@ class Method(nn.Module):
     # whether each network's `stages` are its stage features before their final activation (FeatureSpec.preact_stages: AB, OFD, ReviewKD's teacher)
     preact_student: bool = False
     preact_teacher: bool = False
+    teacher_train: bool = False  # whether the frozen teacher runs in training mode, its BatchNorm on each batch's statistics (OFD)
     terms: tuple = ('ce',)
     stage: str|None = None  # the pre-stage being trained, None during the main stage
     built: bool = False  # whether `setup` has built the connectors
@@ -80,9 +81,14 @@ class Method(nn.Module):
     @property
     def own_optimizer(self) -> bool: "Whether it brings an optimiser of its own (overrides `optimizer`)."; return type(self).optimizer is not Method.optimizer
     @property
-    def fusable(self) -> bool:
-        "Whether its student can train in a fused run (`kdnb.fused`): not with a peer of its own, nor an optimiser of its own."
-        return not self.trains_teacher and not self.own_optimizer
+    def fuse_obstacle(self) -> str:
+        "Why its student cannot train in a fused run (`kdnb.fused`), or '' if it can."
+        if self.trains_teacher: return "it trains its teacher as a peer"
+        if self.own_optimizer: return "it trains with an optimiser of its own"
+        if self.teacher_train: return "its teacher runs in training mode, and the other students' must not"
+        return ''
+    @property
+    def fusable(self) -> bool: "Whether its student can train in a fused run."; return not self.fuse_obstacle
     @property
     def precomputed_obstacle(self) -> str:
         "Why its teacher's logits cannot be computed before training (pre-computed or cached), or '' if they can."

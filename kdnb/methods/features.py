@@ -127,14 +127,14 @@ class AB(FSP):
     family = 'features'
     feature_term, preact_student, preact_teacher = 'ab', True, True
     paper = 'Heo et al., Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons, AAAI 2019'
-    uses = 'pre-activation stage outputs, paired by index, through a 1x1 conv-BN connector each, in an initialisation stage'
+    uses = 'pre-activation stage outputs, paired by index, through a conv-BN regressor each, in an initialisation stage'
     def __init__(self, beta:float=0., gamma:float=1., alpha:float=0., T:float=4., init_epochs:int=30, margin:float=1.):
         super().__init__(beta, gamma, alpha, T, init_epochs); self.margin = margin
     def pairs(self, s:Features, t:Features) -> tuple[list, list]:
         n = min(len(s.stages), len(t.stages))
         return s.stages[:n], t.stages[:n]
     def setup(self, s, t):
-        self.connectors = nn.ModuleList(nn.Identity() if a.shape[1:] == b.shape[1:] else Connector(a.shape[1:], b.shape[1:], relu=False)
+        self.connectors = nn.ModuleList(nn.Identity() if a.shape[1:] == b.shape[1:] else ConvRegressor(a.shape[1:], b.shape[1:], relu=False)
                                         for a, b in zip(*self.pairs(s, t)))
     def feature_loss(self, s, t):
         fs, ft = self.pairs(s, t)
@@ -200,6 +200,7 @@ class OFD(FeatureKD):
     "gamma CE + beta OFD partial L2 between connected student and teacher pre-activation maps, with the teacher's margins (+ alpha KD)."
     family = 'features'
     feature_term, preact_student, preact_teacher, paper = 'ofd', True, True, 'Heo et al., A Comprehensive Overhaul of Feature Distillation, ICCV 2019'
+    teacher_train = True  # as the official code and mdistiller's port: the teacher's maps normalised by the batch's statistics
     uses = "pre-activation stage outputs (the deepest pairs), through a 1x1 conv-BN connector each; margins from the teacher's BatchNorm layers"
     def __init__(self, beta:float=1e-3, gamma:float=1., alpha:float=0., T:float=4.): super().__init__(beta, gamma, alpha, T)
     def attach_teacher(self, teacher):
