@@ -13,8 +13,8 @@ from fastcore.basics import patch
 from .core import KdnbError, check_number, PRECISIONS
 
 # %% auto #0
-__all__ = ['RECIPES', 'TEACHER_LOGITS', 'HOW', 'FUSED_APART', 'RUNNERS', 'Recipe', 'reference_recipe', 'RunConfig', 'flag_name',
-           'check_field', 'as_config', 'launch_run']
+__all__ = ['RECIPES', 'LAST_MAPS', 'TEACHER_LOGITS', 'HOW', 'FUSED_APART', 'RUNNERS', 'Recipe', 'reference_recipe', 'RunConfig',
+           'flag_name', 'check_field', 'as_config', 'launch_run']
 
 # %% ../nbs/06h_config.ipynb #e4fa554e
 @dataclass
@@ -51,6 +51,9 @@ RECIPES = {
     # lr 0.1 x0.1 at 30/60/90, weight decay 1e-4
     'imagenet': [('*', Recipe(epochs=100, lr=0.1, milestones=(30, 60, 90), bs=256, wd=1e-4))],
 }
+# How each benchmark's feature methods number the maps (`FeatureSpec.last_map`): the CRD/DKD tables' code (RepDistiller's and
+# mdistiller's models) ends them with each network's last stage, the reference with the last map before pooling
+LAST_MAPS = {'crd': 'stage'}  # any other benchmark: 'final'
 
 def reference_recipe(model_name:str, benchmark:str='reference') -> Recipe:
     "The recipe of `benchmark` (a key of `RECIPES`) for training `model_name` (as student, or as teacher from scratch)."
@@ -156,6 +159,11 @@ FUSED_APART = ('method', 'hparams', 'out')  # what fused students (kdnb.fused) m
 def recipe(self:RunConfig) -> Recipe:
     "The recipe of the trained model in `benchmark`, with this run's epochs, lr and batch size."
     return reference_recipe(self.model, self.benchmark).scaled(self.epochs, lr=self.lr, bs=self.bs)
+
+@patch
+def last_map(self:RunConfig) -> str:
+    "How the feature methods of `benchmark` number the maps: 'final' or 'stage' (`FeatureSpec.last_map`)."
+    return LAST_MAPS.get(self.benchmark, 'final')
 
 @patch
 def record(self:RunConfig, **resolved) -> dict:

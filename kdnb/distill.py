@@ -16,7 +16,7 @@ import torch, torch.nn as nn
 from fastai.callback.core import Callback
 from fastai.learner import Learner, ValueMetric, Metric
 from fastai.torch_core import set_seed, default_device
-from .models.core import Features, FeatureHooks, feature_spec, create_model
+from .models.core import Features, FeatureHooks, feature_spec, create_model, number_maps
 from .config import Recipe, RunConfig, as_config
 from .train import make_learner, fit_run, make_run_dataloaders, epoch_in_run
 from .runs import load_checkpoint
@@ -29,7 +29,7 @@ from .methods import Method, METHODS, create_method
 __all__ = ['PAIR_HPARAMS', 'default_hparams', 'logits_features', 'DistillationModel', 'TeacherSource', 'batch_statistics',
            'OnlineTeacher', 'PeerTeacher', 'PrecomputedTeacher', 'CachedTeacher', 'default_source', 'set_context',
            'Distiller', 'PeerAccuracy', 'distill_learner', 'precompute_teacher_logits', 'make_method', 'distill_speed',
-           'distill_config', 'teacher_source', 'distill_networks', 'distill_model', 'run_pre_stages']
+           'last_map_of', 'distill_config', 'teacher_source', 'distill_networks', 'distill_model', 'run_pre_stages']
 
 # %% ../nbs/10_distill.ipynb #dac2f577
 PAIR_HPARAMS = {('SRDwithDIST', 'WRN-40-4', 'WRN-16-2'): {'beta': 4.},
@@ -255,9 +255,15 @@ def distill_speed(cfg:RunConfig, device, methods:list) -> Speed:
     if sp.teacher_cache and not sp.device_data: raise KdnbError("the teacher_cache speed option needs device_data (it looks views up by crop and flip)")
     return sp
 
+def last_map_of(cfg:RunConfig, m:Method) -> str:
+    "How run `cfg`'s method `m` numbers the feature maps (`FeatureSpec.last_map`): as its benchmark's code did; 'final' if it reads none."
+    return cfg.last_map() if m.needs_features else 'final'
+
 def distill_config(cfg:RunConfig, m:Method, hp:dict, s_net, t_net, num_classes:int, sp:Speed) -> dict:
-    "What defines the distillation run `cfg` (`RunConfig.record`), with the names, hyper-parameters and speed it resolved to."
-    return cfg.record(model=s_net.name, teacher=t_net.name, method=m.method_name, hparams=hp, num_classes=num_classes, speed=str(sp), precision=sp.precision)
+    "What defines the distillation run `cfg` (`RunConfig.record`), with the names, hyper-parameters, speed and map numbering it resolved to."
+    lm = last_map_of(cfg, m)  # recorded where it is not the default, so that a run recorded before it was resumable stays so
+    return cfg.record(model=s_net.name, teacher=t_net.name, method=m.method_name, hparams=hp, num_classes=num_classes, speed=str(sp), precision=sp.precision,
+                      **({'last_map': lm} if lm != 'final' else {}))
 
 def teacher_source(t_net, methods:list[Method], cfg:RunConfig, dls, sp:Speed) -> TeacherSource:
     "Where run `cfg`'s teacher logits come from, chosen once: pre-computed, the teacher cache, or `default_source` (a peer, the forward pass)."
@@ -273,6 +279,8 @@ def distill_networks(cfg:RunConfig, m:Method, num_classes:int) -> tuple:
     s_net = create_model(cfg.model, num_classes)
     if m.trains_teacher: t_net = create_model(cfg.teacher, num_classes)  # DML: a fresh peer, trained from scratch
     elif cfg.teacher_ckpt is None: print(f"warning: no teacher_ckpt, distilling from an untrained {cfg.teacher}")
+    if (lm := last_map_of(cfg, m)) != 'final':
+        for net in (t_net, s_net): number_maps(net, lm)
     return t_net, s_net
 
 def distill_model(cfg:RunConfig|None=None, **overrides) -> dict:

@@ -107,3 +107,17 @@ def test_feature_methods_on_crd_pairs(teacher, student):
             loss = sum(m(hs.features(logits), ht.features(tl), y, F.cross_entropy(logits, y)).values())
         loss.backward()
         assert torch.isfinite(loss) and any(p.grad is not None for p in s.parameters())
+
+def test_crd_runs_number_the_maps_as_repdistiller(tmp_path):
+    "A feature method of the CRD benchmark reads the maps as RepDistiller numbered them (a WRN's raw third stage) and records it; a run recorded without it is another run."
+    import json
+    from kdnb.core import KdnbError
+    from kdnb.distill import distill_model
+    cfg = dict(model='WRN-16-1', teacher='WRN-16-2', method='SP', benchmark='crd', epochs=1, max_items=32, bs=16, device='cpu', speed='off', progress=False)
+    assert distill_model(out=tmp_path/'sp', **cfg)['config']['last_map'] == 'stage'
+    assert 'last_map' not in distill_model(out=tmp_path/'kd', **{**cfg, 'method': 'KD'})['config']  # it reads no maps
+    assert 'last_map' not in distill_model(out=tmp_path/'ref', **{**cfg, 'benchmark': 'reference'})['config']
+    config = tmp_path/'sp'/'config.json'
+    old = json.loads(config.read_text()); del old['last_map']; config.write_text(json.dumps(old))  # as kdnb recorded it before
+    (tmp_path/'sp'/'results.json').unlink()
+    with pytest.raises(KdnbError, match=r"holds another run \(last_map: None there, 'stage' here\)"): distill_model(out=tmp_path/'sp', resume=True, **cfg)

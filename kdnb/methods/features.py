@@ -169,14 +169,14 @@ class FT(FeatureKD):
     def student_eval(self) -> bool: return self.stage == 'init'
     def pre_stages(self): return [Stage('init', self.init_epochs, (), self.init_lr)] if self.init_epochs else []
     def setup(self, s, t):
-        cs, ct = s.final.shape[1], t.final.shape[1]
+        cs, ct = s.f[-2].shape[1], t.f[-2].shape[1]  # the last map (RepDistiller's feat[-2])
         self.paraphraser = Paraphraser(ct, self.k)
         self.translator = _lrelu_convs([cs, cs, max(1, int(ct * self.k)), max(1, int(ct * self.k))], bn=True)
     def feature_loss(self, s, t):
-        with torch.no_grad(): factor_t = self.paraphraser.encoder(t.final)  # trained in its own stage only
-        return ft_loss(self.translator(s.final), factor_t)
+        with torch.no_grad(): factor_t = self.paraphraser.encoder(t.f[-2])  # trained in its own stage only
+        return ft_loss(self.translator(s.f[-2]), factor_t)
     def forward(self, s, t, y, ce):
-        if self.stage == 'init': return {'rec': hint_loss(self.paraphraser(t.final), t.final)}
+        if self.stage == 'init': return {'rec': hint_loss(self.paraphraser(t.f[-2]), t.f[-2])}
         return super().forward(s, t, y, ce)
 
 # %% ../../nbs/09d_methods.features.ipynb #5d29edef

@@ -21,7 +21,7 @@ class SP(FeatureKD):
     family = 'relations'
     feature_term, uses, paper = 'sp', 'B x B similarities of the last feature map', 'Tung & Mori, Similarity-Preserving Knowledge Distillation, ICCV 2019'
     def __init__(self, beta:float=3000., gamma:float=1., alpha:float=0., T:float=4.): super().__init__(beta, gamma, alpha, T)
-    def feature_loss(self, s, t): return sp_loss([s.final], [t.final])
+    def feature_loss(self, s, t): return sp_loss([s.f[-2]], [t.f[-2]])
 
 @register_method('CC')
 class CC(FeatureKD):

@@ -8,17 +8,17 @@ Docs: https://kdnb-team.github.io/kdnb/models.core.html.md"""
 from __future__ import annotations
 from ..core import KdnbError, Registry
 import fnmatch, importlib, re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 import torch, torch.nn as nn
 from fastai.callback.hook import Hook
 
 # %% auto #0
 __all__ = ['TORCHVISION_RESNET_SPEC', 'MODELS', 'MODEL_SOURCES', 'PEER_NAMES', 'PEER_PREFIX', 'FeatureSpec', 'Features',
-           'FeatureHooks', 'get_module', 'extract_features', 'classify_feature_map', 'feature_spec', 'register_model',
-           'list_models', 'model_name', 'create_model', 'is_model_name', 'count_parameters', 'conv_bn', 'global_pool',
-           'init_weights', 'peer_name', 'read_checkpoint', 'rename_keys', 'match_state', 'identify_state',
-           'load_checkpoint_weights']
+           'FeatureHooks', 'get_module', 'extract_features', 'classify_feature_map', 'feature_spec', 'number_maps',
+           'register_model', 'list_models', 'model_name', 'create_model', 'is_model_name', 'count_parameters',
+           'conv_bn', 'global_pool', 'init_weights', 'peer_name', 'read_checkpoint', 'rename_keys', 'match_state',
+           'identify_state', 'load_checkpoint_weights']
 
 # %% ../../nbs/02_models.core.ipynb #14c068ec
 @dataclass
@@ -30,7 +30,10 @@ class FeatureSpec:
     classifier: str  # the last linear layer: embedding -> logits
     final: str|None = None  # last map before pooling (default: the last stage)
     preact_stages: list[str]|None = None  # the same stage features before their final activation
-    def __post_init__(self): self.final = self.final or self.stages[-1]
+    last_map: str = 'final'  # the map before the embedding in the numbering f: `final`, or 'stage' (the last stage's own output)
+    def __post_init__(self):
+        self.final = self.final or self.stages[-1]
+        if self.last_map not in ('final', 'stage'): raise KdnbError(f"unknown last_map {self.last_map!r}: use 'final' or 'stage'")
 
 @dataclass
 class Features:
@@ -40,10 +43,11 @@ class Features:
     final: torch.Tensor
     embedding: torch.Tensor
     logits: torch.Tensor
+    last_map: str = 'final'  # `FeatureSpec.last_map`
     @property
     def f(self) -> list[torch.Tensor]:
-        "The reference's numbering: [f0 stem, f1.., last map before pooling, embedding]."
-        return [self.stem, *self.stages[:-1], self.final, self.embedding]
+        "The numbered maps: [f0 stem, f1.., the last map (`final`, or the last stage's output), embedding]."
+        return [self.stem, *self.stages[:-1], self.final if self.last_map == 'final' else self.stages[-1], self.embedding]
 
 # %% ../../nbs/02_models.core.ipynb #6d75b1fa
 def _capture(address:str):
@@ -62,7 +66,7 @@ class FeatureHooks:
                       for a in dict.fromkeys(a for v in self.addresses.values() for a in v)}
     def features(self, logits:torch.Tensor) -> Features:
         got = {k: [self.hooks[a].stored for a in v] for k, v in self.addresses.items()}
-        return Features(got['stem'][0], got['stages'], got['final'][0], got['embedding'][0].flatten(1), logits)
+        return Features(got['stem'][0], got['stages'], got['final'][0], got['embedding'][0].flatten(1), logits, self.spec.last_map)
     def remove(self):
         for h in self.hooks.values(): h.remove()
     def __enter__(self): return self
@@ -94,6 +98,11 @@ def feature_spec(model:nn.Module) -> FeatureSpec:
     if isinstance(model, torchvision.models.ResNet): return TORCHVISION_RESNET_SPEC
     raise KdnbError(f"kdnb does not know where the features of {type(model).__name__} are; "
                     "pass a FeatureSpec(stem=..., stages=[...], pool=..., classifier=...) naming its modules")
+
+def number_maps(model:nn.Module, last_map:str) -> nn.Module:
+    "`model`, whose features (`Features.f`) now end their maps with `last_map`: 'final' or 'stage' (`FeatureSpec.last_map`)."
+    model.feature_spec = replace(feature_spec(model), last_map=last_map)  # this network's own copy
+    return model
 
 # %% ../../nbs/02_models.core.ipynb #1d597920
 MODELS = Registry('model', group='kdnb.models')

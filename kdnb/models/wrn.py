@@ -41,9 +41,9 @@ class WideResNet(nn.Module):
         self.bn, self.act = nn.BatchNorm2d(widths[3]), nn.ReLU()
         self.pool, self.fc = global_pool(), nn.Linear(widths[3], num_classes)
         init_weights(self)
-    # The third stage's feature is its activated output, as in the reference (f3 after the final BN-ReLU);
-    # pre-activation features are the BN outputs that the next block would rectify.
-    feature_spec = FeatureSpec(stem='conv1', stages=['stage1', 'stage2', 'act'], pool='pool', classifier='fc',
+    # The reference's last map is the third stage's activated output (f3 after the final BN-ReLU), RepDistiller's the
+    # stage's own (`last_map='stage'`); pre-activation features are the BN outputs that the next block would rectify.
+    feature_spec = FeatureSpec(stem='conv1', stages=['stage1', 'stage2', 'stage3'], final='act', pool='pool', classifier='fc',
                                preact_stages=['stage2.0.bn1', 'stage3.0.bn1', 'bn'])
     # RepDistiller/mdistiller names (their `wrn_*`) -> ours
     peer_keys = [(r'^block(\d)\.layer\.', r'stage\1.'), (r'\.convShortcut\.', '.shortcut.'), (r'^bn1\.', 'bn.')]
