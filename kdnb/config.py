@@ -13,8 +13,8 @@ from fastcore.basics import patch
 from .core import KdnbError, check_number, PRECISIONS
 
 # %% auto #0
-__all__ = ['RECIPES', 'LAST_MAPS', 'TEACHER_LOGITS', 'HOW', 'FUSED_APART', 'RUNNERS', 'Recipe', 'reference_recipe', 'RunConfig',
-           'flag_name', 'check_field', 'as_config', 'launch_run']
+__all__ = ['RECIPES', 'LAST_MAPS', 'CROP_PADDING', 'TEACHER_LOGITS', 'HOW', 'FUSED_APART', 'RUNNERS', 'Recipe',
+           'reference_recipe', 'RunConfig', 'flag_name', 'check_field', 'as_config', 'launch_run']
 
 # %% ../nbs/06h_config.ipynb #e4fa554e
 @dataclass
@@ -54,6 +54,9 @@ RECIPES = {
 # How each benchmark's feature methods number the maps (`FeatureSpec.last_map`): the CRD/DKD tables' code (RepDistiller's and
 # mdistiller's models) ends them with each network's last stage, the reference with the last map before pooling
 LAST_MAPS = {'crd': 'stage'}  # any other benchmark: 'final'
+# How each benchmark's training crops pad the image: the CRD/DKD tables' code with zeros (torchvision's RandomCrop(32, padding=4)),
+# the reference by reflection
+CROP_PADDING = {'crd': 'constant'}  # any other benchmark: 'reflect'
 
 def reference_recipe(model_name:str, benchmark:str='reference') -> Recipe:
     "The recipe of `benchmark` (a key of `RECIPES`) for training `model_name` (as student, or as teacher from scratch)."
@@ -161,6 +164,11 @@ def recipe(self:RunConfig) -> Recipe:
     return reference_recipe(self.model, self.benchmark).scaled(self.epochs, lr=self.lr, bs=self.bs)
 
 @patch
+def padding(self:RunConfig) -> str:
+    "How the training crops of `benchmark` pad the image: 'reflect' or 'constant' (zeros)."
+    return CROP_PADDING.get(self.benchmark, 'reflect')
+
+@patch
 def last_map(self:RunConfig) -> str:
     "How the feature methods of `benchmark` number the maps: 'final' or 'stage' (`FeatureSpec.last_map`)."
     return LAST_MAPS.get(self.benchmark, 'final')
@@ -170,8 +178,8 @@ def record(self:RunConfig, **resolved) -> dict:
     "What defines the run, as its `config.json` stores it (checked on resume): its own fields, the recipe in full, and `resolved` values."
     # gpus: a run records the processes it ran in itself (`processes`; under a torchrun of several machines gpus is 1)
     own = {f.name: getattr(self, f.name) for f in fields(RunConfig) if f.name not in (*HOW, 'gpus') and self.kind in f.metadata['commands']}
-    recipe = self.recipe()
-    return {'kind': self.kind, **own, **asdict(recipe), 'milestones': list(recipe.milestones), **resolved}
+    recipe, pad = self.recipe(), self.padding()  # the padding recorded where it is not the default, as runs recorded before it
+    return {'kind': self.kind, **own, **asdict(recipe), 'milestones': list(recipe.milestones), **({'padding': pad} if pad != 'reflect' else {}), **resolved}
 
 @patch
 def fused_key(self:RunConfig) -> str:

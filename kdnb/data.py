@@ -125,9 +125,9 @@ def read_cifar10_subset(train:bool=True, path=SUBSET_PATH) -> ImageArrayDataset:
         return ImageArrayDataset(z[f'x_{split}'], z[f'y_{split}'], [str(c) for c in z['label_names']])
 
 # %% ../nbs/01_data.ipynb #fc8fd8bb
-def cifar_transforms(stats, train:bool, pad:int=4, size:int=32):
-    "Reflect-pad crop + flip (train only), then scale to [0,1] and normalise with `stats`."
-    aug = [v2.RandomCrop(size, padding=pad, padding_mode='reflect'), v2.RandomHorizontalFlip()] if train else []
+def cifar_transforms(stats, train:bool, pad:int=4, size:int=32, padding:str='reflect'):
+    "Crop of the image padded by `pad` pixels ('reflect', the reference's, or 'constant': zeros) + flip (train only), then scale to [0,1] and normalise with `stats`."
+    aug = [v2.RandomCrop(size, padding=pad, padding_mode=padding), v2.RandomHorizontalFlip()] if train else []
     return v2.Compose([*aug, v2.ToDtype(torch.float32, scale=True), v2.Normalize(*stats)])
 
 def imagenet_transforms(train:bool, size:int=224, resize:int=256):
@@ -182,22 +182,26 @@ class DatasetSpec:
     name: str
     num_classes: int
     read: Callable  # (root, train, download) -> dataset of (uint8 image, label) or folder dataset
-    transforms: Callable  # (train) -> transform
+    transforms: Callable  # (train[, padding]) -> transform; padding: how a padded crop pads ('reflect' or 'constant'), where it has one
     needs_root: bool = True
     image_size: int = 32  # the side of the (square) images the networks see
+
+def _no_padding(transforms):
+    "`transforms(train)` of a dataset whose random-resized crops pad nothing: any padding is theirs to ignore."
+    return lambda train, padding='reflect': transforms(train)
 
 DATASETS = Registry('dataset', group='kdnb.datasets')
 for _spec in [
     DatasetSpec('cifar10-subset', 10, lambda root, train, download: read_cifar10_subset(train),
-                lambda train: cifar_transforms(CIFAR10_STATS, train), needs_root=False),
+                lambda train, padding='reflect': cifar_transforms(CIFAR10_STATS, train, padding=padding), needs_root=False),
     DatasetSpec('CIFAR-10', 10, lambda root, train, download: read_cifar(root, 'cifar10', train, download),
-                lambda train: cifar_transforms(CIFAR10_STATS, train)),
+                lambda train, padding='reflect': cifar_transforms(CIFAR10_STATS, train, padding=padding)),
     DatasetSpec('CIFAR-100', 100, lambda root, train, download: read_cifar(root, 'cifar100', train, download),
-                lambda train: cifar_transforms(CIFAR100_STATS, train)),
-    DatasetSpec('image-folder', 0, lambda root, train, download: read_image_folder(root, train), imagenet_transforms, image_size=224),
-    DatasetSpec('image-lists', 0, lambda root, train, download: read_image_lists(root, train), reference_imagenet_transforms, image_size=224),
-    DatasetSpec('ImageNet', 1000, lambda root, train, download: read_image_folder(root, train), imagenet_transforms, image_size=224),
-    DatasetSpec('ImageNet-lists', 1000, lambda root, train, download: read_image_lists(root, train), reference_imagenet_transforms, image_size=224),
+                lambda train, padding='reflect': cifar_transforms(CIFAR100_STATS, train, padding=padding)),
+    DatasetSpec('image-folder', 0, lambda root, train, download: read_image_folder(root, train), _no_padding(imagenet_transforms), image_size=224),
+    DatasetSpec('image-lists', 0, lambda root, train, download: read_image_lists(root, train), _no_padding(reference_imagenet_transforms), image_size=224),
+    DatasetSpec('ImageNet', 1000, lambda root, train, download: read_image_folder(root, train), _no_padding(imagenet_transforms), image_size=224),
+    DatasetSpec('ImageNet-lists', 1000, lambda root, train, download: read_image_lists(root, train), _no_padding(reference_imagenet_transforms), image_size=224),
 ]: DATASETS.register(_spec.name, _spec)
 
 def list_datasets() -> list[str]: return DATASETS.names()
@@ -213,14 +217,15 @@ class DatasetIndexCallback(Callback):
             self.learn.yb = self.yb[:1]
 
 def make_dataloaders(name:str='cifar10-subset', root=None, bs:int=64, num_workers:int=0, device=None,
-                     download:bool=False, valid_bs:int|None=None, seed:int|None=None, max_items:int|None=None) -> DataLoaders:
-    "fastai `DataLoaders` over dataset `name` with the benchmark's train/test transforms (first `max_items` images of each split if given)."
+                     download:bool=False, valid_bs:int|None=None, seed:int|None=None, max_items:int|None=None, padding:str='reflect') -> DataLoaders:
+    "fastai `DataLoaders` over dataset `name` with the benchmark's train/test transforms, crops padded by `padding` (first `max_items` images of each split if given)."
     spec, device = get_dataset(name), device or default_device()
     if spec.needs_root and root is None: raise KdnbError(f"dataset {spec.name} needs --data-root DIR (the folder holding its files)")
     splits = []
     for train in (True, False):
         ds = spec.read(root, train, download)
-        ds.transform = spec.transforms(train)  # ImageArrayDataset, ImageFolder and ImageListDataset all apply `.transform`
+        # ImageArrayDataset, ImageFolder and ImageListDataset all apply `.transform`; a dataset without padded crops takes no padding
+        ds.transform = spec.transforms(train) if padding == 'reflect' else spec.transforms(train, padding)
         splits.append(ds)
     check_classes(spec, *splits, root)
     dls = indexed_dataloaders(*(WithIndex(_head(ds, max_items)) for ds in splits), spec.num_classes or len(splits[0].classes), bs, num_workers,

@@ -19,8 +19,8 @@ from fastai.torch_core import default_device
 from .data import WithIndex, ImageArrayDataset, get_dataset, _head, CIFAR10_STATS, CIFAR100_STATS
 
 # %% auto #0
-__all__ = ['COMPILE_MODES', 'SPEED_PRESETS', 'STATS', 'Speed', 'parse_speed', 'reflect_pad', 'crop_views', 'view_id',
-           'view_params', 'DeviceImageLoader', 'array_dataloaders', 'device_dataloaders', 'prepare_models',
+__all__ = ['COMPILE_MODES', 'SPEED_PRESETS', 'STATS', 'Speed', 'parse_speed', 'reflect_pad', 'pad_images', 'crop_views',
+           'view_id', 'view_params', 'DeviceImageLoader', 'array_dataloaders', 'device_dataloaders', 'prepare_models',
            'BF16Autocast', 'speed_callbacks', 'LeanLearner', 'TeacherLogitCache', 'cache_key', 'load_or_build_cache']
 
 # %% ../nbs/06e_fast.ipynb #4a3824ac
@@ -75,6 +75,12 @@ def reflect_pad(images:torch.Tensor, pad:int) -> torch.Tensor:
     def idx(n): i = torch.arange(-pad, n + pad, device=images.device).abs(); return torch.where(i >= n, 2 * (n - 1) - i, i)
     return images[:, :, idx(images.shape[2])][:, :, :, idx(images.shape[3])]
 
+def pad_images(images:torch.Tensor, pad:int, padding:str='reflect') -> torch.Tensor:
+    "`images` (N, C, H, W) padded by `pad` pixels: mirrored ('reflect', the reference's) or with zeros ('constant', the CRD tables' code)."
+    if padding == 'reflect': return reflect_pad(images, pad)
+    if padding == 'constant': return nn.functional.pad(images, [pad] * 4)
+    raise KdnbError(f"unknown padding {padding!r}: use 'reflect' or 'constant'")
+
 def crop_views(padded:torch.Tensor, idx, dy, dx, flip, size:int=32) -> torch.Tensor:
     "The (B, C, size, size) views of images `idx` of `padded`: crop at (dy, dx), then horizontal flip where `flip`."
     ar = torch.arange(size, device=padded.device)
@@ -90,14 +96,14 @@ def view_params(view, pad:int=4): return view // 2 // (2 * pad + 1), view // 2 %
 class DeviceImageLoader(DataLoader):
     "fastai `DataLoader` over a uint8 image array held on `device`; crop, flip and normalisation are batched tensor ops."
     def __init__(self, dataset:WithIndex, stats, bs:int=64, shuffle:bool=False, augment:bool=False, drop_last:bool=False,
-                 device=None, pad:int=4, channels_last:bool=False):
+                 device=None, pad:int=4, channels_last:bool=False, padding:str='reflect'):
         device = torch.device(device or default_device())
         super().__init__(dataset, bs=bs, shuffle=shuffle, drop_last=drop_last, device=device)
         ds = dataset.ds
         if not isinstance(ds, ImageArrayDataset): raise KdnbError("the device data pipeline needs a CIFAR-style image array dataset; use speed 'off,...' without device_data for image folders")
         images = torch.from_numpy(ds.images).permute(0, 3, 1, 2).contiguous().to(device)
-        self.size, self.pad, self.augment, self.channels_last = images.shape[-1], pad, augment, channels_last
-        self.padded = reflect_pad(images, pad) if augment else images
+        self.size, self.pad, self.augment, self.channels_last, self.padding = images.shape[-1], pad, augment, channels_last, padding
+        self.padded = pad_images(images, pad, padding) if augment else images
         self.labels = torch.as_tensor(ds.labels, device=device)
         self.mean, self.std = (torch.tensor(s, device=device).view(1, -1, 1, 1) * 255 for s in stats)
     def normalise(self, x:torch.Tensor) -> torch.Tensor:
@@ -126,10 +132,11 @@ class DeviceImageLoader(DataLoader):
 STATS = {'cifar10-subset': CIFAR10_STATS, 'CIFAR-10': CIFAR10_STATS, 'CIFAR-100': CIFAR100_STATS}
 
 def array_dataloaders(train_ds:ImageArrayDataset, valid_ds:ImageArrayDataset, stats, bs:int=64, device=None, valid_bs:int|None=None,
-                      seed:int|None=None, channels_last:bool=False, num_classes:int|None=None) -> DataLoaders:
+                      seed:int|None=None, channels_last:bool=False, num_classes:int|None=None, padding:str='reflect') -> DataLoaders:
     "Device-resident `DataLoaders` over two image arrays: augmented, shuffled full training batches; plain, ordered validation."
     device = torch.device(device or default_device())
-    train_dl = DeviceImageLoader(WithIndex(train_ds), stats, bs, shuffle=True, augment=True, drop_last=True, device=device, channels_last=channels_last)
+    train_dl = DeviceImageLoader(WithIndex(train_ds), stats, bs, shuffle=True, augment=True, drop_last=True, device=device, channels_last=channels_last,
+                                 padding=padding)
     valid_dl = DeviceImageLoader(WithIndex(valid_ds), stats, valid_bs or 2 * bs, device=device, channels_last=channels_last)
     if seed is not None: train_dl.rng.seed(seed)
     dls = DataLoaders(train_dl, valid_dl, device=device)
@@ -138,13 +145,13 @@ def array_dataloaders(train_ds:ImageArrayDataset, valid_ds:ImageArrayDataset, st
     return dls
 
 def device_dataloaders(name:str='cifar10-subset', root=None, bs:int=64, device=None, download:bool=False, valid_bs:int|None=None,
-                       seed:int|None=None, max_items:int|None=None, channels_last:bool=False) -> DataLoaders:
+                       seed:int|None=None, max_items:int|None=None, channels_last:bool=False, padding:str='reflect') -> DataLoaders:
     "Like `make_dataloaders`, with both splits resident on `device` and augmented there."
     spec = get_dataset(name)
     if spec.name not in STATS: raise KdnbError(f"the device data pipeline supports {', '.join(STATS)}, not {spec.name}; turn device_data off")
     if spec.needs_root and root is None: raise KdnbError(f"dataset {spec.name} needs --data-root DIR (the folder holding its files)")
     split = lambda train: _head(spec.read(root, train, download), max_items)
-    return array_dataloaders(split(True), split(False), STATS[spec.name], bs, device, valid_bs, seed, channels_last, spec.num_classes)
+    return array_dataloaders(split(True), split(False), STATS[spec.name], bs, device, valid_bs, seed, channels_last, spec.num_classes, padding)
 
 # %% ../nbs/06e_fast.ipynb #79bed582
 def prepare_models(speed:Speed, trained:nn.Module, *others:nn.Module) -> nn.Module:
@@ -218,7 +225,8 @@ def cache_key(teacher_ckpt, dl:DeviceImageLoader, dtype=torch.float16, bf16:bool
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     ds = dl.dataset.ds
     h.update(repr((len(ds), ds.images.shape, int(np.asarray(ds.labels, dtype=np.int64).sum()), int(ds.images[::97].sum()), dl.pad,
-                   dl.mean.flatten().tolist(), dl.std.flatten().tolist(), str(dtype), bf16)).encode())
+                   dl.mean.flatten().tolist(), dl.std.flatten().tolist(), str(dtype), bf16,
+                   *([dl.padding] if dl.padding != 'reflect' else []))).encode())  # the keys of reflect-padded caches built before
     return h.hexdigest()[:16]
 
 def load_or_build_cache(teacher:nn.Module, teacher_ckpt, dl:DeviceImageLoader, cache_dir=None, dtype=torch.float16, bf16:bool=False,

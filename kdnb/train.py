@@ -183,7 +183,7 @@ def fit_epochs(learn:Learner, n:int, lr:float, cbs:list, progress:bool=True):
 def make_run_dataloaders(cfg:RunConfig, device, speed:Speed):
     "The DataLoaders of run `cfg` on `device` with its recipe's batch: device-resident if `speed.device_data`, else torchvision transforms."
     check_device(device)
-    bs, kw = cfg.recipe().bs, dict(download=cfg.download, seed=cfg.seed, max_items=cfg.max_items)
+    bs, kw = cfg.recipe().bs, dict(download=cfg.download, seed=cfg.seed, max_items=cfg.max_items, padding=cfg.padding())
     if speed.device_data: return device_dataloaders(cfg.dataset, cfg.data_root, bs=bs, device=device, channels_last=speed.channels_last, **kw)
     return make_dataloaders(cfg.dataset, cfg.data_root, bs=process_batch(bs), num_workers=cfg.num_workers, device=device, **kw)
 

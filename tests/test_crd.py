@@ -114,10 +114,21 @@ def test_crd_runs_number_the_maps_as_repdistiller(tmp_path):
     from kdnb.core import KdnbError
     from kdnb.distill import distill_model
     cfg = dict(model='WRN-16-1', teacher='WRN-16-2', method='SP', benchmark='crd', epochs=1, max_items=32, bs=16, device='cpu', speed='off', progress=False)
-    assert distill_model(out=tmp_path/'sp', **cfg)['config']['last_map'] == 'stage'
+    rec = distill_model(out=tmp_path/'sp', **cfg)['config']
+    assert rec['last_map'] == 'stage' and rec['padding'] == 'constant'
     assert 'last_map' not in distill_model(out=tmp_path/'kd', **{**cfg, 'method': 'KD'})['config']  # it reads no maps
     assert 'last_map' not in distill_model(out=tmp_path/'ref', **{**cfg, 'benchmark': 'reference'})['config']
     config = tmp_path/'sp'/'config.json'
     old = json.loads(config.read_text()); del old['last_map']; config.write_text(json.dumps(old))  # as kdnb recorded it before
     (tmp_path/'sp'/'results.json').unlink()
     with pytest.raises(KdnbError, match=r"holds another run \(last_map: None there, 'stage' here\)"): distill_model(out=tmp_path/'sp', resume=True, **cfg)
+
+def test_crd_crops_pad_with_zeros():
+    "The CRD tables' code pads training crops with zeros (torchvision's RandomCrop(32, padding=4)); the reference by reflection. Both pipelines follow."
+    from kdnb.config import RunConfig
+    from kdnb.train import make_run_dataloaders
+    from kdnb.fast import parse_speed
+    def loaders(benchmark, speed): return make_run_dataloaders(RunConfig('WRN-16-1', benchmark=benchmark, max_items=32), 'cpu', parse_speed(speed, 'cpu'))
+    assert [loaders(b, 'off').train.dataset.ds.transform.transforms[0].padding_mode for b in ('crd', 'reference')] == ['constant', 'reflect']
+    dev = loaders('crd', 'off,device_data').train
+    assert dev.padding == 'constant' and dev.padded[:, :, :4].max() == 0
