@@ -29,7 +29,8 @@ from .methods import Method, METHODS, create_method
 __all__ = ['PAIR_HPARAMS', 'default_hparams', 'logits_features', 'DistillationModel', 'TeacherSource', 'batch_statistics',
            'OnlineTeacher', 'PeerTeacher', 'PrecomputedTeacher', 'CachedTeacher', 'default_source', 'set_context',
            'Distiller', 'PeerAccuracy', 'distill_learner', 'precompute_teacher_logits', 'make_method', 'distill_speed',
-           'last_map_of', 'distill_config', 'teacher_source', 'distill_networks', 'distill_model', 'run_pre_stages']
+           'last_map_of', 'number_run_maps', 'distill_config', 'teacher_source', 'distill_networks', 'distill_model',
+           'run_pre_stages']
 
 # %% ../nbs/10_distill.ipynb #dac2f577
 PAIR_HPARAMS = {('SRDwithDIST', 'WRN-40-4', 'WRN-16-2'): {'beta': 4.},
@@ -259,6 +260,11 @@ def last_map_of(cfg:RunConfig, m:Method) -> str:
     "How run `cfg`'s method `m` numbers the feature maps (`FeatureSpec.last_map`): as its benchmark's code did; 'final' if it reads none."
     return cfg.last_map() if m.needs_features else 'final'
 
+def number_run_maps(cfg:RunConfig, m:Method, *nets:nn.Module):
+    "Number the feature maps of `nets` as run `cfg`'s method `m` reads them (`last_map_of`; nothing to do for the default)."
+    if (lm := last_map_of(cfg, m)) != 'final':
+        for net in nets: number_maps(net, lm)
+
 def distill_config(cfg:RunConfig, m:Method, hp:dict, s_net, t_net, num_classes:int, sp:Speed) -> dict:
     "What defines the distillation run `cfg` (`RunConfig.record`), with the names, hyper-parameters, speed and map numbering it resolved to."
     lm = last_map_of(cfg, m)  # recorded where it is not the default, so that a run recorded before it was resumable stays so
@@ -279,8 +285,7 @@ def distill_networks(cfg:RunConfig, m:Method, num_classes:int) -> tuple:
     s_net = create_model(cfg.model, num_classes)
     if m.trains_teacher: t_net = create_model(cfg.teacher, num_classes)  # DML: a fresh peer, trained from scratch
     elif cfg.teacher_ckpt is None: print(f"warning: no teacher_ckpt, distilling from an untrained {cfg.teacher}")
-    if (lm := last_map_of(cfg, m)) != 'final':
-        for net in (t_net, s_net): number_maps(net, lm)
+    number_run_maps(cfg, m, t_net, s_net)
     return t_net, s_net
 
 def distill_model(cfg:RunConfig|None=None, **overrides) -> dict:

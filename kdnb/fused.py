@@ -16,7 +16,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from fastai.learner import AvgMetric, ValueMetric
 from fastai.torch_core import set_seed, trainable_params, default_device
 from fastai.callback.core import Callback, CancelBackwardException
-from .models.core import FeatureHooks, create_model, number_maps
+from .models.core import FeatureHooks, create_model
 from .config import Recipe, RunConfig, FUSED_APART
 from .methods import METHODS, create_method
 from .train import (make_learner, top1, top5, epoch_in_run, check_batches, make_run_dataloaders,
@@ -25,7 +25,7 @@ from .runs import prepare_run_dir, run_dir, load_weights, run_results, write_epo
 from .fast import prepare_models
 from .distributed import world_size
 from .distill import (DistillationModel, Distiller, logits_features, make_method, distill_speed, distill_config, teacher_source, default_source,
-                      run_pre_stages, set_context, distill_model, last_map_of)
+                      run_pre_stages, set_context, distill_model, number_run_maps)
 
 # %% auto #0
 __all__ = ['MemberThreads', 'FusedStudents', 'fused_ce', 'member_labels', 'member_metric', 'FusedDistiller', 'member_opt_state',
@@ -237,7 +237,7 @@ def _fused_members(made:list[tuple], cfgs:list[RunConfig], t_net, dls, sp) -> tu
     for (m, hp), c in zip(made, cfgs):
         set_seed(c.seed)
         s_net = create_model(c.model, dls.num_classes)
-        if (lm := last_map_of(c, m)) != 'final': number_maps(s_net, lm)
+        number_run_maps(c, m, s_net)
         configs.append(distill_config(c, m, hp, s_net, t_net, dls.num_classes, sp))
         m.attach_data(dls.train.dataset)
         size = getattr(dls, 'image_size', 32)
@@ -276,7 +276,7 @@ def distill_fused(cfgs:list[RunConfig]) -> list[dict]:
     set_seed(cfg.seed)
     t_net = create_model(cfg.teacher, dls.num_classes, checkpoint_path=cfg.teacher_ckpt, download=cfg.download)
     if cfg.teacher_ckpt is None: print(f"warning: no teacher_ckpt, distilling from an untrained {cfg.teacher}")
-    if any(last_map_of(cfg, m) != 'final' for m, _ in made): number_maps(t_net, cfg.last_map())  # for the members reading features
+    for m, _ in made: number_run_maps(cfg, m, t_net)  # as the members that read its features need
     members, configs = _fused_members(made, cfgs, t_net, dls, sp)
     alone, failed = _train_fused(members, configs, cfgs, t_net, dls, recipe, sp), []
     for k in (k for k in alone if not (Path(cfgs[k].out)/'results.json').exists()):
