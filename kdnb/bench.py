@@ -12,7 +12,7 @@ from .core import KdnbError, check_number, check_device
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from fastai.callback.core import Callback, CancelFitException, CancelValidException
-from fastai.learner import Learner
+from fastai.learner import Learner, Recorder
 from fastai.torch_core import default_device
 from .data import ImageArrayDataset, WithIndex, cifar_transforms, indexed_dataloaders, CIFAR100_STATS
 from .models.core import create_model
@@ -92,10 +92,10 @@ class KdnbLoop:
         teacher, students = create_model(teacher_name, nc), [create_model(student_name, nc) for _ in methods]
         n = len(ds) if not sp.teacher_cache else min(len(ds), cache_images or len(ds))
         sub = ImageArrayDataset(ds.images[:n], ds.labels[:n], ds.classes)
-        if sp.device_data: dls = array_dataloaders(sub, sub, CIFAR100_STATS, bs, device, bs, channels_last=sp.channels_last, num_classes=nc)
+        if sp.device_data: dls = array_dataloaders(sub, sub, CIFAR100_STATS, bs, device, bs, channels_last=sp.channels_last, num_classes=nc, drop_last=True)
         else:
             tr = WithIndex(sub.with_transform(cifar_transforms(CIFAR100_STATS, True)))
-            dls = indexed_dataloaders(tr, WithIndex(sub.with_transform(cifar_transforms(CIFAR100_STATS, False))), nc, bs, workers, device)
+            dls = indexed_dataloaders(tr, WithIndex(sub.with_transform(cifar_transforms(CIFAR100_STATS, False))), nc, bs, workers, device, drop_last=True)
         cache = None
         if sp.teacher_cache:
             ckpt = Path(tempfile.mkdtemp())/'teacher.pt'; torch.save(teacher.state_dict(), ckpt)
@@ -275,7 +275,8 @@ def _dispatch_loops(steps:int) -> dict:
     dls = array_dataloaders(ds, ds, CIFAR100_STATS, 64, 'cpu', 64, num_classes=100)
     def learner(lean:bool):
         learn = distill_learner(dls, _Probe(), _Probe().eval(), make_method('KD', 'probe', 'probe')[0], Recipe(), tempfile.mkdtemp())[0]
-        if not lean: learn.__class__ = Learner  # fastai's own event dispatch, all that LeanLearner changes
+        if not lean:  # fastai's own event dispatch and Recorder: all that LeanLearner changes
+            learn.__class__ = Learner; learn.remove_cb(Recorder); learn.add_cb(Recorder())
         return learn
     def fit(learn):
         with learn.no_bar(), learn.no_logging(): learn.fit(1, 0.05, cbs=[_TrainOnly()])

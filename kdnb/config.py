@@ -27,6 +27,7 @@ class Recipe:
     wd: float = 5e-4
     momentum: float = 0.9
     gamma: float = 0.1
+    drop_last: bool = False  # the benchmarks' code trains on every image of an epoch, the last partial batch included
     def __post_init__(self):
         check_number('epochs', self.epochs, minimum=1, integer=True, fix='pass --epochs N with N >= 1')
         check_number('bs', self.bs, minimum=1, integer=True, fix='pass --bs N with N >= 1')
@@ -193,7 +194,7 @@ def describe(self:RunConfig) -> str:
     what = f"train {self.model}" if self.kind == 'train' else \
            f"{self.method}({', '.join(f'{k}={v}' for k, v in self.hparams.items())}) {self.teacher} -> {self.model}" + \
            (f" [{self.teacher_logits} teacher logits]" if self.teacher_logits != 'online' else '')
-    extra = (f", first {self.max_items} images" if self.max_items else '') + (f", {self.gpus} GPUs" if self.gpus > 1 else '')
+    extra = (f", first {self.max_items} images" if self.max_items else '') + (', last partial batch dropped' if r.drop_last else '') + (f", {self.gpus} GPUs" if self.gpus > 1 else '')
     return f"{what}; {r.epochs} ep, bs {r.bs}, lr {r.lr:g} (x{r.gamma:g} at {'/'.join(map(str, r.milestones))}), {self.precision}{extra}"
 
 # %% ../nbs/06h_config.ipynb #87b6fbbf

@@ -24,7 +24,8 @@ __all__ = ['CIFAR10_STATS', 'CIFAR100_STATS', 'IMAGENET_STATS', 'CIFAR100_CLASSE
            'ImageArrayDataset', 'WithIndex', 'read_cifar', 'write_fake_cifar100', 'read_cifar10_subset',
            'cifar_transforms', 'imagenet_transforms', 'read_image_folder', 'reference_imagenet_transforms',
            'ImageListDataset', 'read_image_lists', 'DatasetSpec', 'list_datasets', 'get_dataset',
-           'DatasetIndexCallback', 'make_dataloaders', 'check_classes', 'indexed_dataloaders', 'subset_dataloaders']
+           'DatasetIndexCallback', 'make_dataloaders', 'check_classes', 'drops_last_batch', 'indexed_dataloaders',
+           'subset_dataloaders']
 
 # %% ../nbs/01_data.ipynb #09b9a17e
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
@@ -217,7 +218,8 @@ class DatasetIndexCallback(Callback):
             self.learn.yb = self.yb[:1]
 
 def make_dataloaders(name:str='cifar10-subset', root=None, bs:int=64, num_workers:int=0, device=None,
-                     download:bool=False, valid_bs:int|None=None, seed:int|None=None, max_items:int|None=None, padding:str='reflect') -> DataLoaders:
+                     download:bool=False, valid_bs:int|None=None, seed:int|None=None, max_items:int|None=None, padding:str='reflect',
+                     drop_last:bool=False) -> DataLoaders:
     "fastai `DataLoaders` over dataset `name` with the benchmark's train/test transforms, crops padded by `padding` (first `max_items` images of each split if given)."
     spec, device = get_dataset(name), device or default_device()
     if spec.needs_root and root is None: raise KdnbError(f"dataset {spec.name} needs --data-root DIR (the folder holding its files)")
@@ -229,7 +231,7 @@ def make_dataloaders(name:str='cifar10-subset', root=None, bs:int=64, num_worker
         splits.append(ds)
     check_classes(spec, *splits, root)
     dls = indexed_dataloaders(*(WithIndex(_head(ds, max_items)) for ds in splits), spec.num_classes or len(splits[0].classes), bs, num_workers,
-                              device, valid_bs, seed)
+                              device, valid_bs, seed, drop_last)
     dls.image_size = spec.image_size
     return dls
 
@@ -250,10 +252,14 @@ def _head(ds, n:int|None):
     sub = torch.utils.data.Subset(ds, range(n)); sub.classes = ds.classes
     return sub
 
+def drops_last_batch(n:int, bs:int, drop_last:bool=False) -> bool:
+    "Whether a training loader over `n` images drops its last partial batch: if asked, or if it would hold one image (batch norm cannot train on it)."
+    return drop_last or n % bs == 1
+
 def indexed_dataloaders(train_ds:WithIndex, valid_ds:WithIndex, num_classes:int, bs:int=64, num_workers:int=0,
-                        device=None, valid_bs:int|None=None, seed:int|None=None) -> DataLoaders:
-    "fastai `DataLoaders` over two `WithIndex` datasets: shuffled full training batches, ordered validation."
-    train_dl = DataLoader(train_ds, bs=bs, shuffle=True, drop_last=True, num_workers=num_workers, device=device)
+                        device=None, valid_bs:int|None=None, seed:int|None=None, drop_last:bool=False) -> DataLoaders:
+    "fastai `DataLoaders` over two `WithIndex` datasets: shuffled training batches (the last partial one kept unless `drop_last`), ordered validation."
+    train_dl = DataLoader(train_ds, bs=bs, shuffle=True, drop_last=drops_last_batch(len(train_ds), bs, drop_last), num_workers=num_workers, device=device)
     valid_dl = DataLoader(valid_ds, bs=valid_bs or 2*bs, shuffle=False, num_workers=num_workers, device=device)
     if seed is not None: train_dl.rng.seed(seed)
     dls = DataLoaders(train_dl, valid_dl, device=device)

@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/fast.html.md"""
 
 # %% ../nbs/06e_fast.ipynb #af416289
 from __future__ import annotations
-import fcntl, hashlib
+import fcntl, hashlib, time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from .core import KdnbError, save_torch, PRECISIONS
@@ -14,14 +14,16 @@ import numpy as np, torch, torch.nn as nn
 from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders
 from fastai.callback.core import Callback, event
-from fastai.learner import Learner
+from fastai.learner import Learner, Recorder, AvgSmoothLoss
+from fastai.callback.progress import ProgressCallback
 from fastai.torch_core import default_device
-from .data import WithIndex, ImageArrayDataset, get_dataset, _head, CIFAR10_STATS, CIFAR100_STATS
+from .data import WithIndex, ImageArrayDataset, get_dataset, _head, drops_last_batch, CIFAR10_STATS, CIFAR100_STATS
 
 # %% auto #0
 __all__ = ['COMPILE_MODES', 'SPEED_PRESETS', 'STATS', 'Speed', 'parse_speed', 'reflect_pad', 'pad_images', 'crop_views',
            'view_id', 'view_params', 'DeviceImageLoader', 'array_dataloaders', 'device_dataloaders', 'prepare_models',
-           'BF16Autocast', 'speed_callbacks', 'LeanLearner', 'TeacherLogitCache', 'cache_key', 'load_or_build_cache']
+           'BF16Autocast', 'speed_callbacks', 'DeviceSmoothLoss', 'LeanRecorder', 'LeanProgress', 'LeanLearner',
+           'HostReads', 'TeacherLogitCache', 'cache_key', 'load_or_build_cache']
 
 # %% ../nbs/06e_fast.ipynb #4a3824ac
 COMPILE_MODES = ('default', 'max-autotune', 'reduce-overhead')
@@ -132,10 +134,11 @@ class DeviceImageLoader(DataLoader):
 STATS = {'cifar10-subset': CIFAR10_STATS, 'CIFAR-10': CIFAR10_STATS, 'CIFAR-100': CIFAR100_STATS}
 
 def array_dataloaders(train_ds:ImageArrayDataset, valid_ds:ImageArrayDataset, stats, bs:int=64, device=None, valid_bs:int|None=None,
-                      seed:int|None=None, channels_last:bool=False, num_classes:int|None=None, padding:str='reflect') -> DataLoaders:
-    "Device-resident `DataLoaders` over two image arrays: augmented, shuffled full training batches; plain, ordered validation."
+                      seed:int|None=None, channels_last:bool=False, num_classes:int|None=None, padding:str='reflect',
+                      drop_last:bool=False) -> DataLoaders:
+    "Device-resident `DataLoaders` over two image arrays: augmented, shuffled training batches (the last partial one kept unless `drop_last`); plain, ordered validation."
     device = torch.device(device or default_device())
-    train_dl = DeviceImageLoader(WithIndex(train_ds), stats, bs, shuffle=True, augment=True, drop_last=True, device=device, channels_last=channels_last,
+    train_dl = DeviceImageLoader(WithIndex(train_ds), stats, bs, shuffle=True, augment=True, drop_last=drops_last_batch(len(train_ds), bs, drop_last), device=device, channels_last=channels_last,
                                  padding=padding)
     valid_dl = DeviceImageLoader(WithIndex(valid_ds), stats, valid_bs or 2 * bs, device=device, channels_last=channels_last)
     if seed is not None: train_dl.rng.seed(seed)
@@ -145,13 +148,13 @@ def array_dataloaders(train_ds:ImageArrayDataset, valid_ds:ImageArrayDataset, st
     return dls
 
 def device_dataloaders(name:str='cifar10-subset', root=None, bs:int=64, device=None, download:bool=False, valid_bs:int|None=None,
-                       seed:int|None=None, max_items:int|None=None, channels_last:bool=False, padding:str='reflect') -> DataLoaders:
+                       seed:int|None=None, max_items:int|None=None, channels_last:bool=False, padding:str='reflect', drop_last:bool=False) -> DataLoaders:
     "Like `make_dataloaders`, with both splits resident on `device` and augmented there."
     spec = get_dataset(name)
     if spec.name not in STATS: raise KdnbError(f"the device data pipeline supports {', '.join(STATS)}, not {spec.name}; turn device_data off")
     if spec.needs_root and root is None: raise KdnbError(f"dataset {spec.name} needs --data-root DIR (the folder holding its files)")
     split = lambda train: _head(spec.read(root, train, download), max_items)
-    return array_dataloaders(split(True), split(False), STATS[spec.name], bs, device, valid_bs, seed, channels_last, spec.num_classes, padding)
+    return array_dataloaders(split(True), split(False), STATS[spec.name], bs, device, valid_bs, seed, channels_last, spec.num_classes, padding, drop_last)
 
 # %% ../nbs/06e_fast.ipynb #79bed582
 def prepare_models(speed:Speed, trained:nn.Module, *others:nn.Module) -> nn.Module:
@@ -159,7 +162,9 @@ def prepare_models(speed:Speed, trained:nn.Module, *others:nn.Module) -> nn.Modu
     torch.backends.cudnn.benchmark = speed.cudnn_benchmark
     for m in (trained, *others):
         if m is not None and speed.channels_last: m.to(memory_format=torch.channels_last)
-    if speed.compile: trained.compile(mode=speed.compile)
+    # dynamic=False: an epoch's last partial batch gets a graph of its own; with dynamo's default, its second batch size would
+    # recompile the student for any size, and every later batch would run that generic graph
+    if speed.compile: trained.compile(mode=speed.compile, dynamic=False)
     return trained
 
 class BF16Autocast(Callback):
@@ -180,8 +185,41 @@ def speed_callbacks(speed:Speed) -> list:
 # %% ../nbs/06e_fast.ipynb #44dff207
 def _defines(cb, event_name:str) -> bool: return hasattr(type(cb), event_name) or event_name in vars(cb)
 
+class DeviceSmoothLoss(AvgSmoothLoss):
+    "fastai's smoothed training loss, kept on the loss's device (fastai copies every batch's loss to the CPU); in a DDP run, the process's own."
+    # only shown: a run records each epoch's exact mean (`EpochLoss`), so fastai's gathering from every process each batch is spared too
+    def accumulate(self, learn):
+        self.count += 1
+        loss = learn.loss.mean().detach()
+        self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
+
+class LeanRecorder(Recorder):
+    "fastai's `Recorder` with the smoothed loss on the device: the values of an epoch's training batches reach the CPU together, at its end."
+    @property
+    def name(self): return 'recorder'  # where fastai and its callbacks look for it
+    def __init__(self, add_time=True, train_metrics=False, valid_metrics=True, beta=0.98):
+        super().__init__(add_time, train_metrics, valid_metrics, beta)
+        self.smooth_loss = DeviceSmoothLoss(beta)
+    def before_train(self): self._first = len(self.losses); super().before_train()
+    def after_train(self):
+        if len(self.losses) > self._first: self.losses[self._first:] = torch.stack(self.losses[self._first:]).tolist()  # one read an epoch
+        super().after_train()
+
+class LeanProgress(ProgressCallback):
+    "fastai's progress bar, showing the smoothed loss at most twice a second: reading it waits for the GPU."
+    @property
+    def name(self): return 'progress'
+    def after_batch(self):
+        self.pbar.update(self.iter + 1)
+        if hasattr(self, 'smooth_loss') and time.perf_counter() - getattr(self, '_shown', 0.) > 0.5:
+            self._shown = time.perf_counter(); self.pbar.comment = f'{self.smooth_loss.item():.4f}'
+
 class LeanLearner(Learner):
-    "A fastai `Learner` that calls each event only on the callbacks that define it (fastai asks every callback through a slow attribute lookup)."
+    "A fastai `Learner` that calls each event only on the callbacks that define it, and reads no GPU value in a training batch."
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for fastai_cb, lean_cb in ((Recorder, LeanRecorder), (ProgressCallback, LeanProgress)):
+            if any(type(cb) is fastai_cb for cb in self.cbs): self.remove_cb(fastai_cb); self.add_cb(lean_cb())
     def _call_one(self, event_name):
         if not hasattr(event, event_name): raise Exception(f'missing {event_name}')
         for cb in self.event_callbacks(event_name): cb(event_name)
@@ -193,6 +231,20 @@ class LeanLearner(Learner):
         if cbs is None:
             cbs = self._event_cbs[event_name] = [cb for cb in self.cbs.sorted('order') if event_name == 'after_fit' or _defines(cb, event_name)]
         return cbs
+
+# %% ../nbs/06e_fast.ipynb #cae44a8e
+class HostReads:
+    "Context manager counting the reads of a tensor's value on the host (`.item()`, `.cpu()`, `.tolist()`, `bool()`, `float()`, `int()`): on a GPU each one waits for it."
+    names = ('item', 'cpu', 'tolist', '__bool__', '__float__', '__int__')
+    def __enter__(self):
+        self.n, self._real = 0, {k: getattr(torch.Tensor, k) for k in self.names}
+        for k, f in self._real.items(): setattr(torch.Tensor, k, self._counted(f))
+        return self
+    def _counted(self, f):
+        def read(t, *args, **kwargs): self.n += 1; return f(t, *args, **kwargs)
+        return read
+    def __exit__(self, *exc):
+        for k, f in self._real.items(): setattr(torch.Tensor, k, f)
 
 # %% ../nbs/06e_fast.ipynb #aac093df
 class TeacherLogitCache:

@@ -98,6 +98,7 @@ def prepare_run_dir(out, config:dict, resume:bool) -> dict|None:
 
 def _in_current_terms(old:dict, config:dict) -> dict:
     "`old`, recorded before kdnb described a run by a `RunConfig` (no `benchmark` then), as this kdnb records the same run."
+    if 'kind' in old and 'drop_last' not in old: old = {**old, 'drop_last': True}  # recorded when kdnb dropped every epoch's last partial batch
     if 'kind' not in old or 'benchmark' in old: return old
     up = {**old, 'benchmark': config.get('benchmark'), 'sync_bn': old.get('sync_bn', False)}  # the benchmark only chose the recipe, recorded in full
     if 'student' in up: up['model'] = up.pop('student')

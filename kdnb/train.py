@@ -105,10 +105,11 @@ class Checkpointer(Callback):
 
 # %% ../nbs/07_train.ipynb #a166c40f
 def check_batches(dls):
-    "Refuse DataLoaders whose training split makes no full batch (the last partial one is dropped), before anything is written."
+    "Refuse DataLoaders whose training split makes no batch (too few images, or only a dropped partial one), before anything is written."
     dl = dls.train
     if len(dl) == 0:
-        raise KdnbError(f"no training batch: {len(dl.dataset)} training images make no full batch of {dl.bs}; lower --bs or raise --max-items")
+        n = len(dl.dataset)
+        raise KdnbError(f"no training batch: {n} training image{'s' if n != 1 else ''} make no batch of {dl.bs} that batch norm can train on; lower --bs or raise --max-items")
 
 def one_process_per_run(fit):
     "Decorator: `fit(learn, recipe, out, ...)` runs holding `out`'s run lock, so two processes never train into one folder."
@@ -183,7 +184,8 @@ def fit_epochs(learn:Learner, n:int, lr:float, cbs:list, progress:bool=True):
 def make_run_dataloaders(cfg:RunConfig, device, speed:Speed):
     "The DataLoaders of run `cfg` on `device` with its recipe's batch: device-resident if `speed.device_data`, else torchvision transforms."
     check_device(device)
-    bs, kw = cfg.recipe().bs, dict(download=cfg.download, seed=cfg.seed, max_items=cfg.max_items, padding=cfg.padding())
+    r = cfg.recipe()
+    bs, kw = r.bs, dict(download=cfg.download, seed=cfg.seed, max_items=cfg.max_items, padding=cfg.padding(), drop_last=r.drop_last)
     if speed.device_data: return device_dataloaders(cfg.dataset, cfg.data_root, bs=bs, device=device, channels_last=speed.channels_last, **kw)
     return make_dataloaders(cfg.dataset, cfg.data_root, bs=process_batch(bs), num_workers=cfg.num_workers, device=device, **kw)
 

@@ -26,7 +26,7 @@ CASES = {
     'max-items 0': ([*_replace(TRAIN, '--max-items', '0'), '--out', '{C}'], ['--max-items']),
     'max-items negative': ([*_replace(TRAIN, '--max-items', '-5'), '--out', '{C}'], ['--max-items']),
     'seed negative': ([*TRAIN, '--seed', '-1', '--out', '{C}'], ['--seed']),
-    'zero batches (bs > data)': ([*_replace(TRAIN, '--bs', '128'), '--out', '{C}'], ['no training batch', '--bs']),
+    'zero batches (one image, which batch norm cannot train on)': ([*_replace(TRAIN, '--max-items', '1'), '--out', '{C}'], ['no training batch', '1 training image', '--bs']),
     'T 0': ([*DISTILL, '--T', '0', '--out', '{C}'], ['T', '> 0']),
     'T negative': ([*DISTILL, '--T', '-4', '--out', '{C}'], ['T', '> 0']),
     'tau 0': ([*_replace(DISTILL, '--method', 'DIST'), '--tau', '0', '--out', '{C}'], ['tau', '> 0']),

@@ -44,8 +44,8 @@ def test_distill_with_device_pipeline_and_teacher_cache(tmp_path):
                    "unknown speed option 'warp'")
 
 def test_compile_on_cpu(tmp_path):
-    "torch.compile's path (inductor's C++ backend on a CPU): the compiled student trains like the eager one."
-    common = dict(epochs=1, max_items=64, bs=16, progress=False, device='cpu')
+    "torch.compile's path (inductor's C++ backend on a CPU): the compiled student trains like the eager one, the epoch's last partial batch included."
+    common = dict(epochs=1, max_items=56, bs=16, progress=False, device='cpu')  # batches of 16, 16, 16 and 8
     from kdnb.distill import distill_model
     common.update(model='ResNet-8', teacher='ResNet-8')
     eager = distill_model(out=tmp_path/'eager', speed='off', **common)
@@ -73,3 +73,48 @@ def test_gpu_paths(tmp_path):
     run_kdnb('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'ResNet-8', '--method', 'KD,AT',
              '--speed', 'fast', '--precision', 'bf16', '--out', tmp_path/'fused', *common, check=True, timeout=900)
     for m in ('KD', 'AT'): assert json.loads((tmp_path/'fused'/m/'results.json').read_text())['config']['method'] == m
+
+class CudaSyncs:
+    "CUDA's own count of the operations that wait for the GPU (`torch.cuda.set_sync_debug_mode`): what `HostReads` cannot see too."
+    def __enter__(self):
+        import warnings
+        self._caught = warnings.catch_warnings(record=True); self.log = self._caught.__enter__(); warnings.simplefilter('always')
+        torch.cuda.set_sync_debug_mode('warn'); return self
+    def __exit__(self, *exc): torch.cuda.set_sync_debug_mode(0); self._caught.__exit__(*exc)
+    @property
+    def n(self): return sum('synchroniz' in str(w.message) for w in self.log)
+
+def _waits_per_epoch(methods, n_train, device, counter) -> int:
+    "How often one epoch of `methods` (one student each, fused if several) over `n_train` training images waits for the device."
+    import tempfile
+    from kdnb.data import read_cifar10_subset, ImageArrayDataset, CIFAR10_STATS
+    from kdnb.fast import array_dataloaders
+    from kdnb.models.core import create_model
+    from kdnb.distill import distill_learner, make_method, DistillationModel
+    from kdnb.fused import fused_learner
+    from kdnb.config import Recipe
+    from fastai.torch_core import set_seed
+    sub = read_cifar10_subset(True)
+    def first(n): return ImageArrayDataset(sub.images[:n], sub.labels[:n], sub.classes)
+    set_seed(0)
+    dls = array_dataloaders(first(n_train), first(16), CIFAR10_STATS, bs=16, device=device, seed=0)
+    teacher, recipe = create_model('ResNet-8', 10).eval().to(device), Recipe(epochs=1, milestones=(5,))
+    made = [make_method(m, 'ResNet-8', 'WRN-16-1', **({'nce_k': 32} if m == 'CRD' else {}))[0] for m in methods]
+    if len(made) == 1: learn, lr = distill_learner(dls, create_model('WRN-16-1', 10), teacher, made[0], recipe, tempfile.mkdtemp())
+    else:
+        for m in made: m.attach_data(dls.train.dataset)
+        learn, lr = fused_learner(dls, [DistillationModel(create_model('WRN-16-1', 10), teacher, m) for m in made], teacher, recipe, tempfile.mkdtemp()), recipe.lr
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, lr=lr)  # the first epoch moves the models and makes their state
+        with counter() as c: learn.fit(1, lr=lr)
+    return c.n
+
+@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=[pytest.mark.gpu, pytest.mark.skipif(not has_cuda(), reason='needs a CUDA GPU')])])
+def test_no_training_batch_waits_for_the_gpu(device):
+    "A GPU runs a step while the host queues the next only if nothing waits for it in between: no method's training batch does, nor a fused one's (an epoch of 4 batches waits as often as one of 2). On a CPU, the reads of `HostReads`; on a GPU, every wait CUDA sees."
+    from kdnb.fast import HostReads
+    from kdnb.methods import list_methods
+    counter = HostReads if device == 'cpu' else CudaSyncs
+    groups = [[m] for m in list_methods()] + [['KD', 'FitNet', 'AT', 'DIST', 'SRD', 'CRD']]
+    per_batch = {'+'.join(g): (a, b) for g in groups if (a := _waits_per_epoch(g, 32, device, counter)) != (b := _waits_per_epoch(g, 64, device, counter))}
+    assert not per_batch, f"waits in an epoch of 2 and of 4 training batches: {per_batch}"

@@ -73,7 +73,7 @@ class CRD(FeatureKD):
         n = len(self.memory_s)
         def scores(memory, v, j):  # v against the other network's memory rows, normalised by Z (fixed at the first batch)
             e = torch.exp(torch.einsum('bkd,bd->bk', memory[rows], v) / self.nce_t)
-            if self.z[j] < 0: self.z[j] = e.detach().mean() * n
+            with torch.no_grad(): self.z[j] = torch.where(self.z[j] < 0, e.mean() * n, self.z[j])  # on the device: no GPU read a batch
             return e / self.z[j].clone()  # a copy: setting the other Z in place must not touch what backward saved
         loss = crd_nce_loss(scores(self.memory_t, vs, 0), n) + crd_nce_loss(scores(self.memory_s, vt, 1), n)
         with torch.no_grad():
