@@ -12,8 +12,9 @@ from .core import KdnbError
 # %% auto #0
 __all__ = ['SRD_LOGIT_LOSSES', 'kd_loss', 'pearson', 'dist_terms', 'dist_loss', 'logit_standardize', 'dkd_terms', 'dkd_loss',
            'attention_map', 'at_loss', 'dml_loss', 'hint_loss', 'logit_mse', 'prob_mse', 'rkd_loss', 'pkt_loss',
-           'sp_loss', 'cc_matrix', 'cc_loss', 'pool_to_smaller', 'nst_loss', 'vid_loss', 'kdsvd_loss', 'crd_nce_loss',
-           'fsp_matrices', 'fsp_loss', 'ab_loss', 'ft_loss', 'ofd_margin', 'ofd_loss', 'hcl_loss']
+           'sp_loss', 'cc_matrix', 'cc_loss', 'cc_repdistiller_loss', 'pool_to_smaller', 'nst_loss', 'vid_loss',
+           'kdsvd_loss', 'crd_nce_loss', 'fsp_matrices', 'fsp_loss', 'ab_loss', 'ft_loss', 'ofd_margin', 'ofd_loss',
+           'hcl_loss']
 
 # %% ../nbs/08_losses.ipynb #bf081b1d
 def _pair(s:torch.Tensor, t:torch.Tensor, what:str='logits', stand:bool=False):
@@ -168,6 +169,14 @@ def cc_loss(student_emb:torch.Tensor, teacher_emb:torch.Tensor, gamma:float=0.4,
     "Correlation congruence: mean squared difference of the student's and teacher's B x B kernel correlation matrices."
     s, t = _batch_pair(student_emb, teacher_emb, 'CC')
     return (cc_matrix(s, gamma, order) - cc_matrix(t, gamma, order)).pow(2).mean()
+
+def cc_repdistiller_loss(student_emb:torch.Tensor, teacher_emb:torch.Tensor) -> torch.Tensor:
+    "RepDistiller's CC (`Correlation`): the mean over consecutive samples of the summed products of their absolute differences |f_s - f_t|."
+    s, t = _batch_pair(student_emb, teacher_emb, 'CC')
+    if s.shape[1:] != t.shape[1:]: raise KdnbError(f"RepDistiller's CC compares the two projections feature by feature: they need one shape, got {tuple(s.shape[1:])} and {tuple(t.shape[1:])}")
+    delta = (s.float() - t.float()).abs()
+    return (delta[:-1] * delta[1:]).sum(1).mean()
+
 
 # %% ../nbs/08_losses.ipynb #60838393
 def pool_to_smaller(fs:torch.Tensor, ft:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

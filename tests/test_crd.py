@@ -81,6 +81,8 @@ def test_crd_grid_dry_run(tmp_path, cifar100):
     assert line('CIFAR-100/distill/VGG-13_MobileNetV2-x0.5/DIST/s0').endswith(f"lr 0.01 (x0.1 at 150/180/210), fp32; teacher: checkpoint {teachers}/vgg13_vanilla/ckpt_epoch_240.pth (not found)")
     assert line('CIFAR-100/train/ResNet-20/s0') == '        train ResNet-20; 240 ep, bs 64, lr 0.05 (x0.1 at 150/180/210), fp32'
     assert 'teacher: a peer trained alongside' in line('CIFAR-100/distill/ResNet-50_VGG-8/DML/s0')
+    cc = next(l for i, l in enumerate(lines[1:]) if '/distill/VGG-13_VGG-8/CC' in lines[i])  # RepDistiller's CC, with its weight
+    assert cc.strip().startswith('CC(beta=0.02,') and 'formula=repdistiller)' in cc, cc
     plan = load_plan(spec, teachers)
     assert {e.experiment for e in plan.entries} == {'crd_same', 'crd_cross', 'crd_same_width'}
     got = {c.method for c in plan.cells if c.kind == 'distill'}

@@ -8,7 +8,7 @@ Docs: https://kdnb-team.github.io/kdnb/methods.relations.html.md"""
 from __future__ import annotations
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from ..core import KdnbError
-from ..losses import rkd_loss, pkt_loss, sp_loss, cc_loss, nst_loss, vid_loss, kdsvd_loss, pool_to_smaller
+from ..losses import rkd_loss, pkt_loss, sp_loss, cc_loss, cc_repdistiller_loss, nst_loss, vid_loss, kdsvd_loss, pool_to_smaller
 from .core import FeatureKD, register_method, stage_pairs
 
 # %% auto #0
@@ -25,14 +25,17 @@ class SP(FeatureKD):
 
 @register_method('CC')
 class CC(FeatureKD):
-    "gamma CE + beta CC loss between the RBF correlations of projected embeddings (+ alpha KD)."
+    "gamma CE + beta CC loss between the RBF correlations of projected embeddings (+ alpha KD); `formula='repdistiller'`: RepDistiller's loss instead."
     family = 'relations'
     feature_term, uses, paper = 'cc', 'embeddings through a trainable linear projection each', 'Peng et al., Correlation Congruence for Knowledge Distillation, ICCV 2019'
-    hparam_bounds = {'rbf_gamma': (None, 0), 'dim': (1, None)}
-    def __init__(self, beta:float=1., gamma:float=1., alpha:float=0., T:float=4., rbf_gamma:float=0.4, order:int=2, dim:int=128):
-        super().__init__(beta, gamma, alpha, T); self.rbf_gamma, self.order, self.dim = rbf_gamma, order, dim
+    hparam_bounds, optional = {'rbf_gamma': (None, 0), 'dim': (1, None)}, ('formula',)
+    def __init__(self, beta:float=1., gamma:float=1., alpha:float=0., T:float=4., rbf_gamma:float=0.4, order:int=2, dim:int=128, formula:str='paper'):
+        if formula not in ('paper', 'repdistiller'): raise KdnbError(f"CC's formula must be 'paper' or 'repdistiller', not {formula!r}")
+        super().__init__(beta, gamma, alpha, T); self.rbf_gamma, self.order, self.dim, self.formula = rbf_gamma, order, dim, formula
     def setup(self, s, t): self.embed_s, self.embed_t = nn.Linear(s.embedding.shape[1], self.dim), nn.Linear(t.embedding.shape[1], self.dim)
-    def feature_loss(self, s, t): return cc_loss(self.embed_s(s.embedding), self.embed_t(t.embedding), self.rbf_gamma, self.order)
+    def feature_loss(self, s, t):
+        es, et = self.embed_s(s.embedding), self.embed_t(t.embedding)
+        return cc_repdistiller_loss(es, et) if self.formula == 'repdistiller' else cc_loss(es, et, self.rbf_gamma, self.order)
 
 def _vid_regressor(c_in:int, c_out:int) -> nn.Sequential:
     "VID's mean: three bias-free 1x1 convolutions with ReLUs between, hidden width `c_out` (RepDistiller's VIDLoss)."
