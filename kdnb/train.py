@@ -109,7 +109,7 @@ def check_batches(dls):
     dl = dls.train
     if len(dl) == 0:
         n = len(dl.dataset)
-        raise KdnbError(f"no training batch: {n} training image{'s' if n != 1 else ''} make no batch of {dl.bs} that batch norm can train on; lower --bs or raise --max-items")
+        raise KdnbError(f"no training batch: {n} training image{'s make' if n != 1 else ' makes'} no batch of {dl.bs} that batch norm can train on; lower --bs or raise --max-items")
 
 def one_process_per_run(fit):
     "Decorator: `fit(learn, recipe, out, ...)` runs holding `out`'s run lock, so two processes never train into one folder."
