@@ -68,6 +68,7 @@ class Method(nn.Module):
     student_eval: bool = False  # the student in eval mode (BatchNorm statistics frozen) during a stage that does not train it (FT's)
     task_terms: tuple = ()  # terms whose gradient the optimiser takes apart from the others' (DOT); empty: one backward of the sum
     per_process_state: str = ''  # why its state cannot be split over the processes of a DDP run (CRD's memory bank), if so
+    gpu_sync: str = ''  # why its training batch waits for the GPU (an operation that synchronises a CUDA device with the host), if it does
     def setup(self, s:Features, t:Features): "Build connectors from example features (shapes only); raise `KdnbError` if the networks cannot serve."
     def forward(self, s:Features, t:Features, y:torch.Tensor, ce:torch.Tensor) -> dict: raise NotImplementedError
     def pre_stages(self) -> list[Stage]: "Stages to train, in order, before the main one."; return []

@@ -97,6 +97,7 @@ class KDSVD(FeatureKD):
     family = 'features'
     feature_term, paper = 'kdsvd', 'Lee et al., Self-supervised Knowledge Distillation Using Singular Value Decomposition, ECCV 2018'
     uses = 'leading singular vectors of the stage outputs f1.., paired by index (as many channels in both networks)'
+    gpu_sync = 'torch.linalg.svd synchronises a CUDA device with the host'
     hparam_bounds = {'k': (1, None)}
     def __init__(self, beta:float=1., gamma:float=1., alpha:float=0., T:float=4., k:int=1): super().__init__(beta, gamma, alpha, T); self.k = k
     def setup(self, s, t):
