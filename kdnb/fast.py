@@ -13,7 +13,11 @@ from .core import KdnbError, save_torch, PRECISIONS
 import numpy as np, torch, torch.nn as nn
 from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders
-from fastai.callback.core import Callback, event
+from fastai.callback.core import Callback, event, _inner_loop
+from fastai.callback.core import (CancelBatchException, CancelBackwardException, CancelEpochException, CancelFitException,
+                                  CancelStepException, CancelTrainException, CancelValidException)
+from fastcore.xtras import modify_exception
+from fastcore.basics import noop
 from fastai.learner import Learner, Recorder, AvgSmoothLoss
 from fastai.callback.progress import ProgressCallback
 from fastai.torch_core import default_device
@@ -214,15 +218,29 @@ class LeanProgress(ProgressCallback):
         if hasattr(self, 'smooth_loss') and time.perf_counter() - getattr(self, '_shown', 0.) > 0.5:
             self._shown = time.perf_counter(); self.pbar.comment = f'{self.smooth_loss.item():.4f}'
 
+_CANCELS = (CancelBatchException, CancelBackwardException, CancelEpochException, CancelFitException, CancelStepException, CancelTrainException,
+            CancelValidException)
+
 class LeanLearner(Learner):
     "A fastai `Learner` that calls each event only on the callbacks that define it, and reads no GPU value in a training batch."
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         for fastai_cb, lean_cb in ((Recorder, LeanRecorder), (ProgressCallback, LeanProgress)):
             if any(type(cb) is fastai_cb for cb in self.cbs): self.remove_cb(fastai_cb); self.add_cb(lean_cb())
+    def __call__(self, event_name):
+        if isinstance(event_name, str): self._call_one(event_name)  # fastai wraps every event name in an `L` first
+        else:
+            for e in event_name: self._call_one(e)
     def _call_one(self, event_name):
         if not hasattr(event, event_name): raise Exception(f'missing {event_name}')
-        for cb in self.event_callbacks(event_name): cb(event_name)
+        # fastai's `Callback.__call__`, inlined: it reads `training` through each callback's slow delegation to the learner
+        inner, training = event_name in _inner_loop, self.training
+        for cb in self.event_callbacks(event_name):
+            if cb.run and (not inner or (cb.run_train if training else cb.run_valid)):
+                try: getattr(cb, event_name, noop)()
+                except _CANCELS: raise
+                except Exception as e: raise modify_exception(e, f'Exception occured in `{cb.__class__.__name__}` when calling event `{event_name}`:\n\t{e.args[0]}', replace=True)
+            if event_name == 'after_fit': cb.run = True  # fastai resets a cancelled callback here
     def event_callbacks(self, event_name:str) -> list:
         "The callbacks that `event_name` reaches, in fastai's order (cached until the callbacks or their orders change)."
         key = tuple((id(cb), cb.order) for cb in self.cbs)
