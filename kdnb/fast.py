@@ -41,11 +41,12 @@ class Speed:
     compile: str|None = None
     teacher_cache: bool = False
     cudnn_benchmark: bool = False
+    streams: bool = False
 
     def on(self, device) -> Speed:
-        "The options that apply on `device`: cuDNN's autotuner and CUDA graphs need a GPU (bf16 autocast runs on a CPU too)."
+        "The options that apply on `device`: cuDNN's autotuner, CUDA graphs and streams need a GPU (bf16 autocast runs on a CPU too)."
         if torch.device(device).type == 'cuda': return self
-        return replace(self, cudnn_benchmark=False, compile='default' if self.compile == 'reduce-overhead' else self.compile)
+        return replace(self, cudnn_benchmark=False, streams=False, compile='default' if self.compile == 'reduce-overhead' else self.compile)
 
     @property
     def precision(self) -> str: return 'bf16' if self.bf16 else 'fp32'

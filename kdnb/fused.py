@@ -28,8 +28,9 @@ from .distill import (DistillationModel, Distiller, logits_features, make_method
                       run_pre_stages, set_context, distill_model, number_run_maps)
 
 # %% auto #0
-__all__ = ['MemberThreads', 'FusedStudents', 'fused_ce', 'member_labels', 'member_metric', 'FusedDistiller', 'member_opt_state',
-           'fused_opt_state', 'fused_learner', 'FusedCheckpointer', 'fit_fused', 'fused_configs', 'distill_fused']
+__all__ = ['MemberThreads', 'MemberStreams', 'FusedStudents', 'fused_ce', 'member_labels', 'member_metric', 'FusedDistiller',
+           'member_opt_state', 'fused_opt_state', 'fused_learner', 'FusedCheckpointer', 'fit_fused', 'fused_configs',
+           'distill_fused']
 
 # %% ../nbs/10a_fused.ipynb #f29f0c0c
 class MemberThreads:
@@ -48,6 +49,22 @@ class MemberThreads:
             with torch.set_grad_enabled(grad), torch.autocast('cpu', dtype=autocast[1], enabled=autocast[0]): return f(x)
         if in_order: return [self.pool.submit(call, x).result() for x in items]
         return list(self.pool.map(call, items))
+
+class MemberStreams:
+    "Runs one call per fused member on a CUDA stream of its own (speed option `streams`), so that the GPU may run their kernels at once."
+    pool, workers = None, 1  # one thread queues every stream; one backward of the summed loss runs each member's on its forward's stream
+    def __init__(self, members:int, device=None): self.streams = [torch.cuda.Stream(device) for _ in range(members)]
+    def map(self, f, items, in_order:bool=False) -> list:
+        "`[f(x) for x in items]`, each call on its member's stream, after the work queued so far; the current stream waits for them all."
+        if in_order: return [f(x) for x in items]
+        main, outs = torch.cuda.current_stream(), []
+        for s, x in zip(self.streams, items):
+            s.wait_stream(main)
+            with torch.cuda.stream(s): outs.append(f(x))
+        for s in self.streams: main.wait_stream(s)
+        for o in outs:  # made on a member's stream, read on the current one: not to be reused before that stream is done with it
+            if isinstance(o, torch.Tensor): o.record_stream(main)
+        return outs
 
 # %% ../nbs/10a_fused.ipynb #5b95d80f
 class FusedStudents(nn.Module):
@@ -155,7 +172,8 @@ def fused_opt_state(states:list[dict]) -> dict:
 def fused_learner(dls, members:list[DistillationModel], teacher:nn.Module, recipe:Recipe, out, source=None, speed=None):
     "A `Learner` training `members` (each a `DistillationModel` of `teacher`) together: one teacher pass per batch, one parameter group per member."
     cpu = torch.device(dls.device or default_device()).type == 'cpu'
-    threads = MemberThreads(len(members)) if cpu and not (speed and speed.compile) else None  # compiled code is traced one thread at a time
+    if not cpu and speed and speed.streams: threads = MemberStreams(len(members), dls.device)
+    else: threads = MemberThreads(len(members)) if cpu and not (speed and speed.compile) else None  # compiled code is traced one thread at a time
     learn = make_learner(dls, FusedStudents(members, threads), recipe, out, cbs=[FusedDistiller(source or default_source(teacher, [m.method for m in members]))], speed=speed,
                          splitter=lambda model: [trainable_params(m) for m in model.members])
     learn.loss_func = fused_ce

@@ -118,3 +118,33 @@ def test_no_training_batch_waits_for_the_gpu(device):
     groups = [[m] for m in list_methods() if device == 'cpu' or not create_method(m).gpu_sync] + [['KD', 'FitNet', 'AT', 'DIST', 'SRD', 'CRD']]
     per_batch = {'+'.join(g): (a, b) for g in groups if (a := _waits_per_epoch(g, 32, device, counter)) != (b := _waits_per_epoch(g, 64, device, counter))}
     assert not per_batch, f"waits in an epoch of 2 and of 4 training batches: {per_batch}"
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_cuda(), reason='needs a CUDA GPU')
+def test_fused_students_on_streams():
+    "Speed option `streams`: fused students, each on a CUDA stream of its own (`MemberStreams`), train as they do on one stream."
+    import tempfile
+    from kdnb.fast import array_dataloaders, parse_speed
+    from kdnb.data import read_cifar10_subset, ImageArrayDataset, CIFAR10_STATS
+    from kdnb.models.core import create_model
+    from kdnb.distill import make_method, DistillationModel
+    from kdnb.fused import fused_learner, MemberStreams
+    from kdnb.config import Recipe
+    from fastai.torch_core import set_seed
+    sub = read_cifar10_subset(True)
+    def first(n): return ImageArrayDataset(sub.images[:n], sub.labels[:n], sub.classes)
+    def train(speed):
+        set_seed(0)
+        dls = array_dataloaders(first(96), first(32), CIFAR10_STATS, bs=32, device='cuda', seed=0)
+        teacher, recipe = create_model('ResNet-8', 10).eval().cuda(), Recipe(epochs=1, milestones=(5,))
+        members = [DistillationModel(create_model('ResNet-8', 10), teacher, make_method(m, 'ResNet-8', 'ResNet-8')[0]) for m in ('KD', 'AT', 'DIST')]
+        learn = fused_learner(dls, members, teacher, recipe, tempfile.mkdtemp(), speed=parse_speed(speed, 'cuda'))
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, lr=recipe.lr)
+        return learn
+    deterministic = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True  # cuDNN's own run-to-run differences aside
+    try: one, each = train('off,device_data'), train('off,device_data,streams')
+    finally: torch.backends.cudnn.deterministic = deterministic
+    assert isinstance(each.model.threads, MemberStreams) and not isinstance(one.model.threads, MemberStreams)
+    for a, b in zip(one.model.members, each.model.members):
+        for p, q in zip(a.student.parameters(), b.student.parameters()): assert torch.allclose(p, q, atol=1e-5), (p - q).abs().max()
