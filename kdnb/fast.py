@@ -7,6 +7,7 @@ Docs: https://kdnb-team.github.io/kdnb/fast.html.md"""
 # %% ../nbs/06e_fast.ipynb #af416289
 from __future__ import annotations
 import fcntl, hashlib, time
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from .core import KdnbError, save_torch, PRECISIONS
@@ -228,6 +229,14 @@ class LeanLearner(Learner):
         super().__init__(*args, **kwargs)
         for fastai_cb, lean_cb in ((Recorder, LeanRecorder), (ProgressCallback, LeanProgress)):
             if any(type(cb) is fastai_cb for cb in self.cbs): self.remove_cb(fastai_cb); self.add_cb(lean_cb())
+    @contextmanager
+    def no_bar(self):
+        "fastai's `Learner.no_bar`, giving back a `LeanProgress` (fastai's puts its own `ProgressCallback` back)."
+        bar = getattr(self, 'progress', None)
+        if bar is not None: self.remove_cb(bar)
+        try: yield self
+        finally:
+            if bar is not None: self.add_cb(bar)
     def __call__(self, event_name):
         if isinstance(event_name, str): self._call_one(event_name)  # fastai wraps every event name in an `L` first
         else:
