@@ -65,6 +65,9 @@ class MemberStreams:
         for o in outs:  # made on a member's stream, read on the current one: not to be reused before that stream is done with it
             if isinstance(o, torch.Tensor): o.record_stream(main)
         return outs
+    def share(self, t:torch.Tensor):
+        "Mark `t`, made on the current stream, as read on every member's stream too (its memory is not reused before they are done with it)."
+        for s in self.streams: t.record_stream(s)
 
 # %% ../nbs/10a_fused.ipynb #5b95d80f
 class FusedStudents(nn.Module):
@@ -76,7 +79,9 @@ class FusedStudents(nn.Module):
     def forward(self, x):
         # members draw from one random generator: a forward that draws (dropout, stochastic depth) runs in order, so runs repeat
         if self.training and self.draws is None: self.outs, self.draws = self._forward_in_order(x)
-        else: self.outs = self.threads.map(lambda m: m(x), self.members, in_order=self.training and self.draws)
+        else:
+            if isinstance(self.threads, MemberStreams): self.threads.share(x)
+            self.outs = self.threads.map(lambda m: m(x), self.members, in_order=self.training and self.draws)
         return torch.stack(self.outs)
     def _forward_in_order(self, x) -> tuple[list, bool]:
         outs, draws = [], False
