@@ -77,11 +77,10 @@ class FusedStudents(nn.Module):
         self.members, self.threads = nn.ModuleList(members), threads or MemberThreads(1)
         self.outs, self.draws = [], None  # each member's own logits; whether a training forward draws random numbers
     def forward(self, x):
+        if isinstance(self.threads, MemberStreams): self.threads.share(x)
         # members draw from one random generator: a forward that draws (dropout, stochastic depth) runs in order, so runs repeat
         if self.training and self.draws is None: self.outs, self.draws = self._forward_in_order(x)
-        else:
-            if isinstance(self.threads, MemberStreams): self.threads.share(x)
-            self.outs = self.threads.map(lambda m: m(x), self.members, in_order=self.training and self.draws)
+        else: self.outs = self.threads.map(lambda m: m(x), self.members, in_order=self.training and self.draws)
         return torch.stack(self.outs)
     def _forward_in_order(self, x) -> tuple[list, bool]:
         outs, draws = [], False
