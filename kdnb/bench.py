@@ -228,25 +228,26 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
            f"each alone, then all in one fused run; {rounds} interleaved rounds of {steps} timed steps")
     loops = {m: KdnbLoop(t_name, s_name, ds, speed, 'fp32', bs, device, 0, methods=(m,)) for m in methods}
     loops['fused'] = KdnbLoop(t_name, s_name, ds, speed, 'fp32', bs, device, 0, methods=tuple(methods))
+    streams = 'fused, a stream each'
     if cuda and 'streams' not in speed:  # the speed option `streams`, not in `fast` until measured: timed beside the plain fused run
-        loops['fused, a stream each'] = KdnbLoop(t_name, s_name, ds, f'{speed},streams', 'fp32', bs, device, 0, methods=tuple(methods))
+        loops[streams] = KdnbLoop(t_name, s_name, ds, f'{speed},streams', 'fp32', bs, device, 0, methods=tuple(methods))
     if (mt := loops['fused'].learn.model.threads).workers > 1:
         print_(f"the fused students run side by side on {mt.workers} worker threads of {mt.threads} intra-op thread(s) each (MemberThreads)")
     for k, loop in list(loops.items()):
         try: loop.time(max(warmup, 1))
         except Exception as e:  # an option being tried must not cost the figures of the others
-            if k != 'fused, a stream each': raise
+            if k != streams: raise
             print_(f"note: the fused run on streams failed ({type(e).__name__}: {e}); the others are timed without it"); del loops[k]
     secs = {k: [] for k in loops}
     for _ in range(rounds):
         for k, loop in loops.items(): secs[k].append(loop.time(steps))
-    for k, v in secs.items(): print_(f"{'fused (all students)' if k == 'fused' else k if k.startswith('fused') else k + ' alone':24s} {steps * bs / np.median(v):9.0f} img/s  {np.median(v) / steps * 1e3:8.1f} ms/step")
+    for k, v in secs.items(): print_(f"{'fused (all students)' if k == 'fused' else k if k == streams else k + ' alone':24s} {steps * bs / np.median(v):9.0f} img/s  {np.median(v) / steps * 1e3:8.1f} ms/step")
     fused = np.array(secs['fused'])
     if 'KD' in methods:
         r = fused / np.array(secs['KD'])
         print_(f"the fused run takes {np.median(r):.2f}x the time of one KD run alone (range {r.min():.2f}-{r.max():.2f})")
-    if 'fused, a stream each' in secs:
-        r = fused / np.array(secs['fused, a stream each'])
+    if streams in secs:
+        r = fused / np.array(secs[streams])
         print_(f"one CUDA stream per student (speed option streams): {np.median(r):.2f}x the speed of the fused run on one stream (range {r.min():.2f}-{r.max():.2f})")
     r = np.sum([secs[m] for m in methods], axis=0) / fused
     print_(f"speed-up of fused over one after another: {np.median(r):.2f}x ({len(methods)} students, median of {rounds} rounds; range {r.min():.2f}-{r.max():.2f})")

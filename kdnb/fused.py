@@ -49,6 +49,7 @@ class MemberThreads:
             with torch.set_grad_enabled(grad), torch.autocast('cpu', dtype=autocast[1], enabled=autocast[0]): return f(x)
         if in_order: return [self.pool.submit(call, x).result() for x in items]
         return list(self.pool.map(call, items))
+    def share(self, t:torch.Tensor): "Nothing to do: threads share the CPU's memory (`MemberStreams.share`)."
 
 class MemberStreams:
     "Runs one call per fused member on a CUDA stream of its own (speed option `streams`), so that the GPU may run their kernels at once."
@@ -77,7 +78,7 @@ class FusedStudents(nn.Module):
         self.members, self.threads = nn.ModuleList(members), threads or MemberThreads(1)
         self.outs, self.draws = [], None  # each member's own logits; whether a training forward draws random numbers
     def forward(self, x):
-        if isinstance(self.threads, MemberStreams): self.threads.share(x)
+        self.threads.share(x)  # read by every member
         # members draw from one random generator: a forward that draws (dropout, stochastic depth) runs in order, so runs repeat
         if self.training and self.draws is None: self.outs, self.draws = self._forward_in_order(x)
         else: self.outs = self.threads.map(lambda m: m(x), self.members, in_order=self.training and self.draws)
@@ -176,8 +177,9 @@ def fused_opt_state(states:list[dict]) -> dict:
 def fused_learner(dls, members:list[DistillationModel], teacher:nn.Module, recipe:Recipe, out, source=None, speed=None):
     "A `Learner` training `members` (each a `DistillationModel` of `teacher`) together: one teacher pass per batch, one parameter group per member."
     cpu = torch.device(dls.device or default_device()).type == 'cpu'
-    if not cpu and speed and speed.streams: threads = MemberStreams(len(members), dls.device)
-    else: threads = MemberThreads(len(members)) if cpu and not (speed and speed.compile) else None  # compiled code is traced one thread at a time
+    if cpu and not (speed and speed.compile): threads = MemberThreads(len(members))  # compiled code is traced one thread at a time
+    elif not cpu and speed and speed.streams: threads = MemberStreams(len(members), dls.device)
+    else: threads = None
     learn = make_learner(dls, FusedStudents(members, threads), recipe, out, cbs=[FusedDistiller(source or default_source(teacher, [m.method for m in members]))], speed=speed,
                          splitter=lambda model: [trainable_params(m) for m in model.members])
     learn.loss_func = fused_ce
