@@ -196,13 +196,13 @@ def _print_rates(rates:dict, notes:dict, work:float, peak:float|None, print_=pri
         print_(f"{label:52s} {r:9.0f} {50000 / r:8.2f} {np.median(ratio):6.2f} {f'{ratio.min():.2f}-{ratio.max():.2f}':>11s} {pct:>12s}{notes.get(label, '')}")
 
 # %% ../nbs/15_bench.ipynb #6d69afb3
-def accuracy_check(device, print_=print, epochs:int=3):
-    "Loss curves of the plain and the fast path, 3 epochs of KD WRN-16-2 -> WRN-16-1 on the embedded subset (same teacher, same seed)."
+def accuracy_check(device, print_=print, epochs:int=3, max_items:int|None=None):
+    "Loss curves of the plain and the fast path, `epochs` of KD WRN-16-2 -> WRN-16-1 on the embedded subset (same teacher, same seed)."
     from kdnb.train import train_model
     from kdnb.distill import distill_model
-    out = Path(tempfile.mkdtemp())
-    train_model(model='WRN-16-2', out=out/'teacher', epochs=epochs, device=device, progress=False, speed='off')
-    kd = RunConfig('WRN-16-1', teacher='WRN-16-2', teacher_ckpt=out/'teacher'/'last.pt', epochs=epochs, device=device, progress=False)
+    out, device = Path(tempfile.mkdtemp()), str(device)  # a run's config records its device by name
+    train_model(model='WRN-16-2', out=out/'teacher', epochs=epochs, device=device, progress=False, speed='off', max_items=max_items)
+    kd = RunConfig('WRN-16-1', teacher='WRN-16-2', teacher_ckpt=out/'teacher'/'last.pt', epochs=epochs, device=device, progress=False, max_items=max_items)
     curves = {sp: distill_model(kd, out=out/sp, speed=sp, precision='bf16' if sp == 'fast' else 'fp32')['history'] for sp in ('off', 'fast')}
     print_(f"accuracy check (embedded CIFAR-10 subset, KD WRN-16-2 -> WRN-16-1, {epochs} epochs): train loss / test top-1")
     for e in range(epochs):

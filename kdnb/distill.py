@@ -15,7 +15,7 @@ from pathlib import Path
 import torch, torch.nn as nn
 from fastai.callback.core import Callback
 from fastai.learner import Learner, ValueMetric, Metric
-from fastai.torch_core import set_seed, default_device
+from fastai.torch_core import set_seed, default_device, one_param
 from .models.core import Features, FeatureHooks, feature_spec, create_model, number_maps
 from .config import Recipe, RunConfig, as_config
 from .train import make_learner, fit_run, make_run_dataloaders, epoch_in_run
@@ -81,9 +81,10 @@ class DistillationModel(nn.Module):
         return self.student(x)
 
 def _example_features(net, x, preact:bool=False):
+    "`net`'s features of `x`, which is sent to `net`'s device: a teacher given on a GPU serves as it is."
     was = net.training; net.eval()
     try:
-        with FeatureHooks(net, preact=preact, detach=True) as h: return h.features(net(x))
+        with FeatureHooks(net, preact=preact, detach=True) as h: return h.features(net(x.to(one_param(net).device)))
     finally: net.train(was)
 
 # %% ../nbs/10_distill.ipynb #a847daa7
@@ -91,6 +92,7 @@ class TeacherSource:
     "Where the teacher's logits of a training batch come from; `net`: the network feature hooks attach to, if there is one."
     net: nn.Module|None = None
     def to(self, device) -> TeacherSource: return self
+    def prepare(self, speed:Speed) -> TeacherSource: "Apply the run's `speed` options to the source's own work."; return self
     def logits(self, learn:Learner) -> torch.Tensor: raise NotImplementedError
 
 @contextmanager
@@ -107,6 +109,11 @@ class OnlineTeacher(TeacherSource):
     "The frozen teacher's forward pass on the batch (under `no_grad` if its hooks record `features`, else `inference_mode`); BatchNorm on the batch's statistics if `train`."
     def __init__(self, net:nn.Module, features:bool=False, train:bool=False): self.net, self.features, self.train = net, features, train
     def to(self, device): self.net.to(device).eval().requires_grad_(False); return self
+    def prepare(self, speed):
+        # read for its logits alone, the teacher compiles like the student (with CUDA graphs, its forward is one launch);
+        # hooks that record its features, and BatchNorm switched to batch statistics, keep it eager
+        if speed.compile and not (self.features or self.train): self.net.compile(mode=speed.compile, dynamic=False)
+        return self
     def logits(self, learn):
         with batch_statistics(self.net) if self.train else nullcontext():
             if self.features:
@@ -211,7 +218,8 @@ def distill_learner(dls, student:nn.Module, teacher:nn.Module, method:Method, re
     if method.trains_teacher:
         from kdnb.train import top1, top5
         metrics = [top1, top5, PeerAccuracy()]
-    return make_learner(dls, model, recipe, out, cbs=[Distiller(source or default_source(teacher, [method]))], metrics=metrics, speed=speed,
+    source = (source or default_source(teacher, [method])).prepare(speed or Speed())
+    return make_learner(dls, model, recipe, out, cbs=[Distiller(source)], metrics=metrics, speed=speed,
                         opt_func=method.optimizer(recipe), sync_bn=sync_bn), recipe.lr
 
 # %% ../nbs/10_distill.ipynb #563ca0eb

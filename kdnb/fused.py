@@ -22,7 +22,7 @@ from .methods import METHODS, create_method
 from .train import (make_learner, top1, top5, epoch_in_run, check_batches, make_run_dataloaders,
                     seed_training, random_state, set_random_state, fit_epochs)
 from .runs import prepare_run_dir, run_dir, load_weights, run_results, write_epoch
-from .fast import prepare_models
+from .fast import Speed, prepare_models
 from .distributed import world_size
 from .distill import (DistillationModel, Distiller, logits_features, make_method, distill_speed, distill_config, teacher_source, default_source,
                       run_pre_stages, set_context, distill_model, number_run_maps)
@@ -180,7 +180,8 @@ def fused_learner(dls, members:list[DistillationModel], teacher:nn.Module, recip
     if cpu and not (speed and speed.compile): threads = MemberThreads(len(members))  # compiled code is traced one thread at a time
     elif not cpu and speed and speed.streams: threads = MemberStreams(len(members), dls.device)
     else: threads = None
-    learn = make_learner(dls, FusedStudents(members, threads), recipe, out, cbs=[FusedDistiller(source or default_source(teacher, [m.method for m in members]))], speed=speed,
+    source = (source or default_source(teacher, [m.method for m in members])).prepare(speed or Speed())
+    learn = make_learner(dls, FusedStudents(members, threads), recipe, out, cbs=[FusedDistiller(source)], speed=speed,
                          splitter=lambda model: [trainable_params(m) for m in model.members])
     learn.loss_func = fused_ce
     return learn

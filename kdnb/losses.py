@@ -58,14 +58,18 @@ def dkd_terms(student_logits, teacher_logits, target:torch.Tensor, T:float=4., l
     s, t = _pair(student_logits, teacher_logits, stand=logit_stand)
     if s.ndim != 2 or s.shape[1] < 2 or tuple(target.shape) != tuple(s.shape[:1]):
         raise KdnbError(f"DKD needs (batch, classes >= 2) logits and one target per row: got logits {tuple(s.shape)} and targets {tuple(target.shape)}")
-    gt = F.one_hot(target.long(), s.shape[1]).bool()
+    # masks instead of `one_hot` or boolean indexing, which read the targets or the mask on the host (a GPU waits)
+    target = target.long()[:, None]
+    gt = torch.zeros_like(s, dtype=torch.bool).scatter_(1, target, True)
     def split(z):
         lp = F.log_softmax(z / T, 1)
-        rest = lp[~gt].view(len(z), -1)  # the non-target classes' log-probabilities, in class order
-        return torch.stack([lp[gt], rest.logsumexp(1)], 1), rest.log_softmax(1)  # log b, log p-hat
+        rest = lp.masked_fill(gt, float('-inf')).logsumexp(1)  # log of the non-target classes' total probability
+        return torch.stack([lp.gather(1, target)[:, 0], rest], 1), lp - rest[:, None]  # log b; log p-hat (its target column unused)
     (bs, ns), (bt, nt) = split(s), split(t)
-    def kl(ls, lt): return (lt.exp() * (lt - ls)).sum(1).mean() * T * T
-    return kl(bs, bt), kl(ns, nt)
+    def kl(ls, lt, skip=None):
+        d = lt.exp() * (lt - ls)
+        return (d if skip is None else d.masked_fill(skip, 0.)).sum(1).mean() * T * T
+    return kl(bs, bt), kl(ns, nt, skip=gt)
 
 def dkd_loss(student_logits, teacher_logits, target:torch.Tensor, alpha:float=1., beta:float=8., T:float=4., logit_stand:bool=False) -> torch.Tensor:
     "Decoupled KD: alpha TCKD + beta NCKD."

@@ -128,12 +128,12 @@ def one_process_per_run(fit):
 def make_learner(dls, model:nn.Module, recipe:Recipe, out, cbs=(), metrics=None, splitter=None, speed:Speed|None=None, opt_func=None,
                  sync_bn:bool=False) -> Learner:
     "A fastai `Learner` with the benchmark's optimiser (SGD, momentum, L2 weight decay on every parameter) or `opt_func`; `speed` adds bf16 autocast; DDP in a run of several processes."
-    # PyTorch's SGD (through fastai's OptimWrapper) updates all parameters with a few multi-tensor kernels; fastai's own
-    # SGD loops over the parameters in Python, launching several kernels for each, which dominates a small-batch GPU step
+    # PyTorch's fused SGD (through fastai's OptimWrapper) updates all parameters in one kernel launch; fastai's own SGD loops
+    # over the parameters in Python, launching several kernels for each, which dominates a small-batch GPU step
     kw = dict(splitter=splitter) if splitter else {}
     if world_size() > 1: cbs = [*cbs, DDPTrainer(dls.device or default_device(), sync_bn)]
     learn = LeanLearner(dls, model, loss_func=nn.CrossEntropyLoss(), lr=recipe.lr, wd=recipe.wd, wd_bn_bias=True,
-                    opt_func=opt_func or partial(OptimWrapper, opt=torch.optim.SGD, momentum=recipe.momentum, weight_decay=recipe.wd), metrics=metrics or [top1, top5],
+                    opt_func=opt_func or partial(OptimWrapper, opt=torch.optim.SGD, momentum=recipe.momentum, weight_decay=recipe.wd, fused=True), metrics=metrics or [top1, top5],
                     cbs=[DatasetIndexCallback(), MultiStepLR(recipe.milestones, recipe.gamma), EpochLoss(), *speed_callbacks(speed or Speed()), *cbs],
                     path=out, model_dir='.', **kw)
     return learn

@@ -116,7 +116,9 @@ def test_no_training_batch_waits_for_the_gpu(device):
     from kdnb.methods import list_methods, create_method
     counter = HostReads if device == 'cpu' else CudaSyncs
     groups = [[m] for m in list_methods() if device == 'cpu' or not create_method(m).gpu_sync] + [['KD', 'FitNet', 'AT', 'DIST', 'SRD', 'CRD']]
-    per_batch = {'+'.join(g): (a, b) for g in groups if (a := _waits_per_epoch(g, 32, device, counter)) != (b := _waits_per_epoch(g, 64, device, counter))}
+    # a wait in every batch makes 2 more in the longer epoch; CUDA's count may differ by one wait from run to run (allocator, cuDNN)
+    slack = 0 if device == 'cpu' else 1
+    per_batch = {'+'.join(g): (a, b) for g in groups if abs((a := _waits_per_epoch(g, 32, device, counter)) - (b := _waits_per_epoch(g, 64, device, counter))) > slack}
     assert not per_batch, f"waits in an epoch of 2 and of 4 training batches: {per_batch}"
 
 @pytest.mark.gpu
