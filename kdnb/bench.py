@@ -74,6 +74,8 @@ class StepTimer(Callback):
     def __init__(self, warmup:int, steps:int, device): self.warmup, self.steps, self.device, self.n, self.seconds = warmup, steps, device, 0, None
     def before_batch(self):
         if self.n == self.warmup: _sync(self.device); self.t0 = time.perf_counter()
+    # a bench times training steps: validation (and, in a compiled run, the eval-mode graph it compiles) stays out of the window
+    def before_validate(self): raise CancelValidException()
     def after_batch(self):
         self.n += 1
         if self.n == self.warmup + self.steps:
