@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/fast.html.md"""
 
 # %% ../nbs/06e_fast.ipynb #af416289
 from __future__ import annotations
-import fcntl, hashlib, time
+import fcntl, hashlib, threading, time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -265,11 +265,13 @@ class HostReads:
     "Context manager counting the reads of a tensor's value on the host (`.item()`, `.cpu()`, `.tolist()`, `bool()`, `float()`, `int()`): on a GPU each one waits for it."
     names = ('item', 'cpu', 'tolist', '__bool__', '__float__', '__int__')
     def __enter__(self):
-        self.n, self._real = 0, {k: getattr(torch.Tensor, k) for k in self.names}
+        self.n, self._lock, self._real = 0, threading.Lock(), {k: getattr(torch.Tensor, k) for k in self.names}
         for k, f in self._real.items(): setattr(torch.Tensor, k, self._counted(f))
         return self
     def _counted(self, f):
-        def read(t, *args, **kwargs): self.n += 1; return f(t, *args, **kwargs)
+        def read(t, *args, **kwargs):
+            with self._lock: self.n += 1  # fused students' worker threads read too
+            return f(t, *args, **kwargs)
         return read
     def __exit__(self, *exc):
         for k, f in self._real.items(): setattr(torch.Tensor, k, f)
