@@ -248,6 +248,9 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
     if 'KD' in methods:
         r = fused / np.array(secs['KD'])
         print_(f"the fused run takes {np.median(r):.2f}x the time of one KD run alone (range {r.min():.2f}-{r.max():.2f})")
+        tf, sf = forward_flops(create_model(t_name)), forward_flops(create_model(s_name))  # a backward pass: about twice a forward
+        print_(f"its arithmetic is {(tf + 3 * sf * len(methods)) / (tf + 3 * sf):.2f}x one KD run's (one teacher forward, {len(methods)} student "
+               f"forwards and backwards; connectors left out): below that, the students' work overlaps on the device")
     if streams in secs:
         r = fused / np.array(secs[streams])
         print_(f"one CUDA stream per student (speed option streams): {np.median(r):.2f}x the speed of the fused run on one stream (range {r.min():.2f}-{r.max():.2f})")
