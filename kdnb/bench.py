@@ -8,10 +8,13 @@ Docs: https://kdnb-team.github.io/kdnb/bench.html.md"""
 from __future__ import annotations
 import tempfile, time
 from pathlib import Path
+from typing import Callable
 from .core import KdnbError, check_number, check_device
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
-from fastai.callback.core import Callback, CancelFitException, CancelValidException
+from torch.profiler import ProfilerActivity
+from torch.autograd import DeviceType
+from fastai.callback.core import Callback, CancelFitException, CancelValidException, _events
 from fastai.learner import Learner, Recorder
 from fastai.torch_core import default_device
 from .data import ImageArrayDataset, WithIndex, cifar_transforms, indexed_dataloaders, CIFAR100_STATS
@@ -22,8 +25,8 @@ from .fast import parse_speed, prepare_models, array_dataloaders, load_or_build_
 
 # %% auto #0
 __all__ = ['BF16_PEAK_TFLOPS', 'MAIN_METHODS', 'bf16_peak_tflops', 'forward_flops', 'ReferenceLoop', 'StepTimer', 'KdnbLoop',
-           'variants', 'parse_pair', 'synthetic_cifar', 'run_bench', 'accuracy_check', 'run_fused_bench', 'data_bench',
-           'dispatch_bench']
+           'variants', 'parse_pair', 'synthetic_cifar', 'run_bench', 'accuracy_check', 'run_fused_bench', 'name_events',
+           'StepProfiler', 'profile_bench', 'data_bench', 'dispatch_bench']
 
 # %% ../nbs/15_bench.ipynb #c1c330bf
 BF16_PEAK_TFLOPS = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., '4090': 165.}
@@ -257,6 +260,68 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
     r = np.sum([secs[m] for m in methods], axis=0) / fused
     print_(f"speed-up of fused over one after another: {np.median(r):.2f}x ({len(methods)} students, median of {rounds} rounds; range {r.min():.2f}-{r.max():.2f})")
     return secs
+
+# %% ../nbs/15_bench.ipynb #53adbd65
+def _ranged(f, name:str):
+    def ranged(*args, **kwargs):
+        with torch.profiler.record_function(name): return f(*args, **kwargs)
+    return ranged
+
+def name_events(learn, skip=()) -> Callable:
+    "Run each of `learn`'s callback events in a profiler range named 'Callback.event'; returns the function that undoes it."
+    done = []
+    for cb in learn.cbs:
+        if cb in skip: continue
+        for ev in _events:
+            if hasattr(type(cb), ev) and ev not in vars(cb):  # an instance attribute shadows the class's method until removed
+                setattr(cb, ev, _ranged(getattr(cb, ev), f'{type(cb).__name__}.{ev}')); done.append((cb, ev))
+    def undo():
+        for cb, ev in done: delattr(cb, ev)
+    return undo
+
+# %% ../nbs/15_bench.ipynb #bcf61112
+class StepProfiler(StepTimer):
+    "`StepTimer`, with `torch.profiler` recording the timed steps (`prof`) and each callback event named (`name_events`)."
+    prof = undo = None
+    def before_batch(self):
+        if self.n == self.warmup:
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(self.device).type == 'cuda' else [])
+            self.undo, self.prof = name_events(self.learn, skip=[self]), torch.profiler.profile(activities=acts)
+            self.prof.start()
+        super().before_batch()
+    def after_batch(self):
+        try: super().after_batch()
+        finally:
+            if self.seconds is not None: self._stop()
+    def after_fit(self): self._stop()  # a fit that ended before the last step
+    def _stop(self):
+        if self.undo is None: return
+        self.prof.stop(); self.undo(); self.undo = None
+
+def profile_bench(device=None, pair:str|None=None, speed:str|None=None, methods=('KD',), steps:int=20, warmup:int=5, bs:int=64,
+                  images:int|None=None, print_=print) -> dict:
+    "Profile `steps` training steps of kdnb's loop (fastest GPU variant by default); print wall and device time per step, the host time of each callback event and the costliest operations."
+    check_device(device)
+    device = torch.device(device or default_device())
+    cuda = device.type == 'cuda'
+    t_name, s_name = parse_pair(pair or ('WRN-40-4:WRN-16-4' if cuda else 'WRN-16-2:WRN-16-1'))
+    speed = speed or ('fast,compile=reduce-overhead,teacher_cache' if cuda else 'fast,teacher_cache')
+    for k, v in (('steps', steps), ('bs', bs)): check_number(k, v, minimum=1, integer=True)
+    images = (4096 if cuda else 256) if images is None else check_number('images', images, minimum=1, integer=True)
+    loop = KdnbLoop(t_name, s_name, synthetic_cifar(images), speed, 'fp32', bs, device, 0, images, methods=tuple(methods))
+    loop.time(max(warmup, 1))  # compilation, autotuning, first allocations
+    timer = StepProfiler(2, steps, device)
+    with loop.learn.no_bar(), loop.learn.no_logging(): loop.learn.fit(-(-(steps + 2) // loop.batches) + 1, lr=loop.lr, cbs=[timer])
+    if timer.seconds is None: raise KdnbError("the profile stopped before its steps; use more --images or fewer --steps")
+    stats = timer.prof.key_averages()
+    wall = timer.seconds / steps * 1e3
+    busy = sum(e.self_device_time_total for e in stats if e.device_type != DeviceType.CPU and not getattr(e, 'is_user_annotation', False)) / steps / 1e3
+    print_(f"kdnb bench --profile: {t_name} -> {s_name} {'+'.join(methods)}, batch {bs}, {device}, speed {speed}, fp32, {steps} steps under torch.profiler")
+    print_(f"wall {wall:.2f} ms/step" + (f", device busy {busy:.2f} ms/step ({busy / wall:.0%})" if cuda else "") + " (the profiler's own cost included)")
+    named = {e.key: e.cpu_time_total / steps / 1e3 for e in stats if e.key.split('.')[0] in {type(cb).__name__ for cb in loop.learn.cbs} or e.key.startswith('Optimizer.')}
+    print_("host time per step: " + ', '.join(f"{k} {v:.3f} ms" for k, v in sorted(named.items(), key=lambda kv: -kv[1])))
+    print_(stats.table(sort_by='self_cuda_time_total' if cuda else 'self_cpu_time_total', row_limit=12, max_name_column_width=60))
+    return dict(wall_ms=wall, device_ms=busy if cuda else None, events=named)
 
 # %% ../nbs/15_bench.ipynb #bdf2b3c2
 def data_bench(dataset:str, root=None, bs:int=256, workers:int=8, batches:int=20, print_=print) -> float:

@@ -138,9 +138,13 @@ def _bench_command(sub):
                    "a hand-written loop; CPU), which limits a GPU step of a few milliseconds")
     b.add_argument('--data', metavar='DATASET', help='instead: time the training data pipeline of DATASET alone (decoding and augmentation in --workers processes)')
     b.add_argument('--data-root', type=Path, help='with --data: the folder holding its files')
-    b.add_argument('--methods', help='with --fused: comma-separated methods (default: the main table but DML: KD,FitNet,AT,DIST,SRD,SRDwithDIST)')
+    b.add_argument('--profile', action='store_true', help="instead: where a training step's time goes (torch.profiler over --steps steps, "
+                   "default 20: wall vs device time, host time of each callback event, costliest operations)")
+    b.add_argument('--methods', help='with --fused: comma-separated methods (default: the main table but DML: KD,FitNet,AT,DIST,SRD,SRDwithDIST); '
+                   'with --profile: default KD, several train fused')
     b.add_argument('--speed', help="with --fused: the speed options of every loop timed (default fast; e.g. fast,compile=reduce-overhead: "
-                   "CUDA graphs for each student)")
+                   "CUDA graphs for each student); with --profile: of the loop profiled (default: the fastest, fast,compile=reduce-overhead,teacher_cache "
+                   "on a GPU)")
 
 def _docs_command(sub):
     "`kdnb docs`."
@@ -234,12 +238,14 @@ def _grid_table(a):
     print(md.read_text()); print(f"written: {md} and {csv}" + (', and table.md/table.csv in each grid directory' if len(a.out) > 1 else ''))
 
 def _bench(a):
-    from kdnb.bench import run_bench, run_fused_bench, data_bench, dispatch_bench, MAIN_METHODS
+    from kdnb.bench import run_bench, run_fused_bench, profile_bench, data_bench, dispatch_bench, MAIN_METHODS
     if a.data: return data_bench(a.data, a.data_root, a.bs, a.workers, a.steps or 20) and None
     if a.dispatch: return dispatch_bench(a.steps or 100, a.rounds or 5) and None
-    if (a.methods or a.speed) and not a.fused: raise KdnbError("--methods and --speed go with --fused")
+    if (a.methods or a.speed) and not (a.fused or a.profile): raise KdnbError("--methods and --speed go with --fused or --profile")
+    methods = tuple(m.strip() for m in a.methods.split(',') if m.strip()) if a.methods else None
+    if a.profile: return profile_bench(a.device, a.pair, a.speed, methods or ('KD',), a.steps or 20, a.warmup, a.bs, a.images) and None
     if a.fused:
-        methods = tuple(m.strip() for m in a.methods.split(',') if m.strip()) if a.methods else MAIN_METHODS
+        methods = methods or MAIN_METHODS
         return run_fused_bench(a.device, a.pair, a.steps, a.warmup, a.bs, a.images, a.rounds, methods, speed=a.speed or 'fast') and None
     run_bench(a.device, a.pair, a.steps, a.warmup, a.bs, a.workers, a.images, check_accuracy=a.check_accuracy, rounds=a.rounds,
               cache_images=a.cache_images)

@@ -18,7 +18,15 @@ def test_bench_fused_with_speed_options():
                    '--rounds', '1', '--warmup', '1', '--images', '128', check=True).stdout
     assert 'speed off: each alone' in out and re.search(r'speed-up of fused over one after another: \d+\.\d\dx \(2 students', out), out
     assert ('the fused students run side by side on 2 worker threads' in out) == (torch.get_num_interop_threads() > 1), out  # on a CPU of 2 cores or more
-    one_line_error(run_kdnb('bench', '--speed', 'off'), '--methods and --speed go with --fused')
+    one_line_error(run_kdnb('bench', '--speed', 'off'), '--methods and --speed go with --fused or --profile')
+
+def test_bench_profile_shows_where_a_step_goes():
+    "`kdnb bench --profile`: a step's wall time, the host time of each callback event, and a table of the costliest operations; a fused loop with --methods."
+    common = ['bench', '--profile', '--device', 'cpu', '--pair', 'ResNet-8:ResNet-8', '--steps', '2', '--warmup', '1', '--bs', '16', '--images', '64']
+    out = run_kdnb(*common, '--methods', 'KD,AT', '--speed', 'off', check=True).stdout
+    assert 'ResNet-8 -> ResNet-8 KD+AT, batch 16, cpu, speed off' in out and re.search(r'^wall \d+\.\d\d ms/step', out, re.M), out
+    assert re.search(r'^host time per step: .*FusedDistiller\.after_loss \d+\.\d{3} ms', out, re.M) and 'Self CPU' in out, out
+    one_line_error(run_kdnb(*common, '--methods', 'Nope'), "unknown method 'Nope'")
 
 def test_bench_dispatch_prints_the_loops_own_time():
     "`kdnb bench --dispatch`: fastai's Learner, LeanLearner and a hand-written loop, per step, and the loop's own time over the hand-written one."
