@@ -196,7 +196,8 @@ class DeviceSmoothLoss(AvgSmoothLoss):
     # only shown: a run records each epoch's exact mean (`EpochLoss`), so fastai's gathering from every process each batch is spared too
     def accumulate(self, learn):
         self.count += 1
-        loss = learn.loss.mean().detach()
+        loss = learn.loss.detach()
+        if loss.ndim: loss = loss.mean()  # a kernel launch fewer for the usual scalar loss
         self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
 
 class LeanRecorder(Recorder):
@@ -207,6 +208,12 @@ class LeanRecorder(Recorder):
         super().__init__(add_time, train_metrics, valid_metrics, beta)
         self.smooth_loss = DeviceSmoothLoss(beta)
     def before_train(self): self._first = len(self.losses); super().before_train()
+    def after_batch(self):
+        if not self.training or len(self.yb) == 0: return super().after_batch()
+        for met in self._train_mets: met.accumulate(self.learn)
+        self.lrs.append(self.opt.hypers[-1]['lr'])
+        self.losses.append(v := self.smooth_loss.value)  # one division on the device where fastai's `after_batch` launches two
+        self.learn.smooth_loss = v
     def after_train(self):
         if len(self.losses) > self._first: self.losses[self._first:] = torch.stack(self.losses[self._first:]).tolist()  # one read an epoch
         super().after_train()
