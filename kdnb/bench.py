@@ -116,11 +116,12 @@ class KdnbLoop:
             members = [DistillationModel(s, teacher, m) for s, m in zip(students, made)]
             self.learn, self.lr = fused_learner(dls, members, teacher, recipe, tempfile.mkdtemp(), source, speed=sp), recipe.lr
         self.batches = len(dls.train)
-    def time(self, n:int) -> float:
-        timer = StepTimer(2, n, self.device)
-        with self.learn.no_bar(), self.learn.no_logging(): self.learn.fit(-(-(n + 2) // self.batches) + 1, lr=self.lr, cbs=[timer])
+    def run(self, timer:StepTimer) -> StepTimer:
+        "Train until `timer` has timed its steps (it cancels the fit); returns it."
+        with self.learn.no_bar(), self.learn.no_logging(): self.learn.fit(-(-(timer.warmup + timer.steps) // self.batches) + 1, lr=self.lr, cbs=[timer])
         if timer.seconds is None: raise KdnbError("the benchmark stopped before its timed steps; use more --images or fewer --steps")
-        return timer.seconds
+        return timer
+    def time(self, n:int) -> float: return self.run(StepTimer(2, n, self.device)).seconds
 
 # %% ../nbs/15_bench.ipynb #282d0ba3
 def variants(device) -> list[tuple[str, str, str]]:
@@ -145,6 +146,12 @@ def parse_pair(pair:str) -> tuple[str, str]:
     _load_zoo()
     return tuple(MODELS.canonical(p.strip()) for p in parts)
 
+def _device_and_pair(device, pair:str|None, cpu_pair:str='WRN-16-2:WRN-16-1') -> tuple:
+    "A bench's (device, teacher, student): `device` or a GPU if there is one; `pair`, or WRN-40-4 -> WRN-16-4 on a GPU and `cpu_pair` on a CPU."
+    check_device(device)
+    device = torch.device(device or default_device())
+    return (device, *parse_pair(pair or ('WRN-40-4:WRN-16-4' if device.type == 'cuda' else cpu_pair)))
+
 def synthetic_cifar(images:int) -> ImageArrayDataset:
     "`images` random CIFAR-100-shaped images and labels (the same every time): what the benchmarks time on."
     rng = np.random.default_rng(0)
@@ -153,10 +160,8 @@ def synthetic_cifar(images:int) -> ImageArrayDataset:
 def run_bench(device=None, pair:str|None=None, steps:int|None=None, warmup:int=5, bs:int=64, workers:int=4, images:int|None=None,
               only:list|None=None, check_accuracy:bool=False, rounds:int|None=None, cache_images:int|None=None, print_=print) -> dict:
     "Time the reference loop and kdnb's variants in interleaved rounds; print the medians; return {label: [img/s per round]}."
-    check_device(device)
-    device = torch.device(device or default_device())
+    device, t_name, s_name = _device_and_pair(device, pair)
     cuda = device.type == 'cuda'
-    t_name, s_name = parse_pair(pair or ('WRN-40-4:WRN-16-4' if cuda else 'WRN-16-2:WRN-16-1'))
     steps = (200 if cuda else 20) if steps is None else check_number('steps', steps, minimum=1, integer=True)  # 0 is a value, refused
     images = (50000 if cuda else 2048) if images is None else check_number('images', images, minimum=1, integer=True)
     rounds = (5 if cuda else 3) if rounds is None else check_number('rounds', rounds, minimum=1, integer=True)
@@ -221,10 +226,8 @@ MAIN_METHODS = ('KD', 'FitNet', 'AT', 'DIST', 'SRD', 'SRDwithDIST')  # the refer
 def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup:int=3, bs:int=64, images:int|None=None,
                     rounds:int|None=None, methods=MAIN_METHODS, speed:str='fast', print_=print) -> dict:
     "Time the students of `methods` trained one after another and in one fused run, in interleaved rounds; print the speed-up. Returns {name: [seconds per round]}."
-    check_device(device)
-    device = torch.device(device or default_device())
+    device, t_name, s_name = _device_and_pair(device, pair, cpu_pair='WRN-40-2:WRN-40-1')
     cuda = device.type == 'cuda'
-    t_name, s_name = parse_pair(pair or ('WRN-40-4:WRN-16-4' if cuda else 'WRN-40-2:WRN-40-1'))
     steps = (100 if cuda else 10) if steps is None else check_number('steps', steps, minimum=1, integer=True)
     images = (10000 if cuda else 1024) if images is None else check_number('images', images, minimum=1, integer=True)
     rounds = 3 if rounds is None else check_number('rounds', rounds, minimum=1, integer=True)
@@ -301,24 +304,21 @@ class StepProfiler(StepTimer):
 def profile_bench(device=None, pair:str|None=None, speed:str|None=None, methods=('KD',), steps:int=20, warmup:int=5, bs:int=64,
                   images:int|None=None, print_=print) -> dict:
     "Profile `steps` training steps of kdnb's loop (fastest GPU variant by default); print wall and device time per step, the host time of each callback event and the costliest operations."
-    check_device(device)
-    device = torch.device(device or default_device())
+    device, t_name, s_name = _device_and_pair(device, pair)
     cuda = device.type == 'cuda'
-    t_name, s_name = parse_pair(pair or ('WRN-40-4:WRN-16-4' if cuda else 'WRN-16-2:WRN-16-1'))
     speed = speed or ('fast,compile=reduce-overhead,teacher_cache' if cuda else 'fast,teacher_cache')
     for k, v in (('steps', steps), ('bs', bs)): check_number(k, v, minimum=1, integer=True)
     images = (4096 if cuda else 256) if images is None else check_number('images', images, minimum=1, integer=True)
     loop = KdnbLoop(t_name, s_name, synthetic_cifar(images), speed, 'fp32', bs, device, 0, images, methods=tuple(methods))
     loop.time(max(warmup, 1))  # compilation, autotuning, first allocations
-    timer = StepProfiler(2, steps, device)
-    with loop.learn.no_bar(), loop.learn.no_logging(): loop.learn.fit(-(-(steps + 2) // loop.batches) + 1, lr=loop.lr, cbs=[timer])
-    if timer.seconds is None: raise KdnbError("the profile stopped before its steps; use more --images or fewer --steps")
+    timer = loop.run(StepProfiler(2, steps, device))
     stats = timer.prof.key_averages()
     wall = timer.seconds / steps * 1e3
     busy = sum(e.self_device_time_total for e in stats if e.device_type != DeviceType.CPU and not getattr(e, 'is_user_annotation', False)) / steps / 1e3
     print_(f"kdnb bench --profile: {t_name} -> {s_name} {'+'.join(methods)}, batch {bs}, {device}, speed {speed}, fp32, {steps} steps under torch.profiler")
     print_(f"wall {wall:.2f} ms/step" + (f", device busy {busy:.2f} ms/step ({busy / wall:.0%})" if cuda else "") + " (the profiler's own cost included)")
-    named = {e.key: e.cpu_time_total / steps / 1e3 for e in stats if e.key.split('.')[0] in {type(cb).__name__ for cb in loop.learn.cbs} or e.key.startswith('Optimizer.')}
+    cbs = {type(cb).__name__ for cb in loop.learn.cbs}
+    named = {e.key: e.cpu_time_total / steps / 1e3 for e in stats if e.key.split('.')[0] in cbs or e.key.startswith('Optimizer.')}
     print_("host time per step: " + ', '.join(f"{k} {v:.3f} ms" for k, v in sorted(named.items(), key=lambda kv: -kv[1])))
     print_(stats.table(sort_by='self_cuda_time_total' if cuda else 'self_cpu_time_total', row_limit=12, max_name_column_width=60))
     return dict(wall_ms=wall, device_ms=busy if cuda else None, events=named)
