@@ -26,7 +26,7 @@ from .fast import parse_speed, prepare_models, array_dataloaders, load_or_build_
 # %% auto #0
 __all__ = ['BF16_PEAK_TFLOPS', 'MAIN_METHODS', 'bf16_peak_tflops', 'forward_flops', 'ReferenceLoop', 'StepTimer', 'KdnbLoop',
            'variants', 'parse_pair', 'synthetic_cifar', 'run_bench', 'accuracy_check', 'run_fused_bench', 'name_events',
-           'StepProfiler', 'profile_bench', 'data_bench', 'dispatch_bench']
+           'StepProfiler', 'host_times', 'profile_bench', 'data_bench', 'dispatch_bench']
 
 # %% ../nbs/15_bench.ipynb #c1c330bf
 BF16_PEAK_TFLOPS = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., '4090': 165.}
@@ -301,6 +301,12 @@ class StepProfiler(StepTimer):
         if self.undo is None: return
         self.prof.stop(); self.undo(); self.undo = None
 
+def host_times(stats, callbacks:set, steps:int) -> dict:
+    "Host milliseconds per step of each callback event (ranges named 'Callback.event', of a class in `callbacks`) and optimiser call in the profiler's `stats`."
+    # on a GPU the profiler also lists the device's span of each named range under the same name, without host time
+    return {e.key: e.cpu_time_total / steps / 1e3 for e in stats
+            if e.device_type == DeviceType.CPU and (e.key.split('.')[0] in callbacks or e.key.startswith('Optimizer.'))}
+
 def profile_bench(device=None, pair:str|None=None, speed:str|None=None, methods=('KD',), steps:int=20, warmup:int=5, bs:int=64,
                   images:int|None=None, print_=print) -> dict:
     "Profile `steps` training steps of kdnb's loop (fastest GPU variant by default); print wall and device time per step, the host time of each callback event and the costliest operations."
@@ -317,10 +323,10 @@ def profile_bench(device=None, pair:str|None=None, speed:str|None=None, methods=
     busy = sum(e.self_device_time_total for e in stats if e.device_type != DeviceType.CPU and not getattr(e, 'is_user_annotation', False)) / steps / 1e3
     print_(f"kdnb bench --profile: {t_name} -> {s_name} {'+'.join(methods)}, batch {bs}, {device}, speed {speed}, fp32, {steps} steps under torch.profiler")
     print_(f"wall {wall:.2f} ms/step" + (f", device busy {busy:.2f} ms/step ({busy / wall:.0%})" if cuda else "") + " (the profiler's own cost included)")
-    cbs = {type(cb).__name__ for cb in loop.learn.cbs}
-    named = {e.key: e.cpu_time_total / steps / 1e3 for e in stats if e.key.split('.')[0] in cbs or e.key.startswith('Optimizer.')}
+    named = host_times(stats, {type(cb).__name__ for cb in loop.learn.cbs}, steps)
     print_("host time per step: " + ', '.join(f"{k} {v:.3f} ms" for k, v in sorted(named.items(), key=lambda kv: -kv[1])))
-    print_(stats.table(sort_by='self_cuda_time_total' if cuda else 'self_cpu_time_total', row_limit=12, max_name_column_width=60))
+    # a step of a few ms on a GPU is bound by its host: the host's costliest operations come first, then the device's
+    for key in ('self_cpu_time_total', 'self_cuda_time_total')[:1 + cuda]: print_(stats.table(sort_by=key, row_limit=12, max_name_column_width=60))
     return dict(wall_ms=wall, device_ms=busy if cuda else None, events=named)
 
 # %% ../nbs/15_bench.ipynb #bdf2b3c2

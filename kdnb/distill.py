@@ -20,7 +20,7 @@ from .models.core import Features, FeatureHooks, feature_spec, create_model, num
 from .config import Recipe, RunConfig, as_config
 from .train import make_learner, fit_run, make_run_dataloaders, epoch_in_run
 from .runs import load_checkpoint
-from .fast import Speed, parse_speed, prepare_models, load_or_build_cache
+from .fast import Speed, parse_speed, prepare_models, compile_network, load_or_build_cache
 from .distributed import unwrap, world_size, process_mean, process_device, distributed_speed
 # the registry, re-exported for `from kdnb.distill import create_method`; importing `kdnb.methods` registers every method
 from .methods import Method, METHODS, create_method
@@ -112,7 +112,7 @@ class OnlineTeacher(TeacherSource):
     def prepare(self, speed):
         # read for its logits alone, the teacher compiles like the student (with CUDA graphs, its forward is one launch);
         # hooks that record its features, and BatchNorm switched to batch statistics, keep it eager
-        if speed.compile and not (self.features or self.train): self.net.compile(mode=speed.compile, dynamic=False)
+        if speed.compile and not (self.features or self.train): compile_network(self.net, speed.compile)
         return self
     def logits(self, learn):
         with batch_statistics(self.net) if self.train else nullcontext():

@@ -27,8 +27,8 @@ from .data import WithIndex, ImageArrayDataset, get_dataset, _head, drops_last_b
 # %% auto #0
 __all__ = ['COMPILE_MODES', 'SPEED_PRESETS', 'STATS', 'Speed', 'parse_speed', 'reflect_pad', 'pad_images', 'crop_views',
            'view_id', 'view_params', 'DeviceImageLoader', 'array_dataloaders', 'device_dataloaders', 'prepare_models',
-           'BF16Autocast', 'speed_callbacks', 'DeviceSmoothLoss', 'LeanRecorder', 'LeanProgress', 'LeanLearner',
-           'HostReads', 'TeacherLogitCache', 'cache_key', 'load_or_build_cache']
+           'compile_network', 'BF16Autocast', 'speed_callbacks', 'DeviceSmoothLoss', 'LeanRecorder', 'LeanProgress',
+           'LeanLearner', 'HostReads', 'TeacherLogitCache', 'cache_key', 'load_or_build_cache']
 
 # %% ../nbs/06e_fast.ipynb #4a3824ac
 COMPILE_MODES = ('default', 'max-autotune', 'reduce-overhead')
@@ -168,10 +168,19 @@ def prepare_models(speed:Speed, trained:nn.Module, *others:nn.Module) -> nn.Modu
     torch.backends.cudnn.benchmark = speed.cudnn_benchmark
     for m in (trained, *others):
         if m is not None and speed.channels_last: m.to(memory_format=torch.channels_last)
-    # dynamic=False: an epoch's last partial batch gets a graph of its own; with dynamo's default, its second batch size would
-    # recompile the student for any size, and every later batch would run that generic graph
-    if speed.compile: trained.compile(mode=speed.compile, dynamic=False)
+    if speed.compile: compile_network(trained, speed.compile)
     return trained
+
+def compile_network(net:nn.Module, mode:str) -> nn.Module:
+    "Compile `net` in place (`torch.compile` `mode`) for fixed batch shapes, noticing forward hooks added after the compile; returns `net`."
+    # all networks of one class share dynamo's compiled graphs, whose guards by default ignore hooks: a student whose feature
+    # hooks came after a hookless network of its class was compiled would run that graph, and its hooks would record nothing.
+    # Guarding hooks costs tens of microseconds a call; hooks registered again for each fit do not recompile.
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
+    # dynamic=False: an epoch's last partial batch gets a graph of its own; with dynamo's default, its second batch size would
+    # recompile the network for any size, and every later batch would run that generic graph
+    net.compile(mode=mode, dynamic=False)
+    return net
 
 class BF16Autocast(Callback):
     "bf16 autocast of the forward pass and the loss, on the model's device (CUDA or CPU); gradients and weights stay fp32."

@@ -60,6 +60,12 @@ def test_compile_on_cpu(tmp_path):
     compiled = distill_model(out=tmp_path/'compiled', speed='off,compile', **common)
     assert compiled['config']['speed'] == 'compile=default'
     assert abs(compiled['last']['train_loss'] - eager['last']['train_loss']) < 1e-3 * abs(eager['last']['train_loss'])
+    # a logit method's student and a feature method's, of one class, compiled in one fused run: the second one's hooks still
+    # record (dynamo would otherwise reuse the first one's hookless graph for it)
+    from kdnb.config import RunConfig
+    from kdnb.fused import distill_fused, fused_configs
+    fused = distill_fused(fused_configs(RunConfig(method='KD', out=tmp_path/'fused', speed='off,compile', **common), ['KD', 'AT']))
+    assert [r['config']['method'] for r in fused] == ['KD', 'AT'] and all(r['last']['train_loss'] > 0 for r in fused), fused
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not has_cuda(), reason='needs a CUDA GPU')
@@ -77,9 +83,10 @@ def test_gpu_paths(tmp_path):
                  '--speed', speed, '--precision', precision, '--out', tmp_path/f's{i}', *common, check=True, timeout=900)
         res = json.loads((tmp_path/f's{i}'/'results.json').read_text())
         assert res['config']['precision'] == precision and 0 < res['last']['top1'] <= 1 and res['last']['train_loss'] == res['last']['train_loss']
-    # fused students on the GPU: one teacher pass feeding a logit method and a feature method, each written to its own folder
+    # fused students on the GPU, with CUDA graphs: one teacher pass feeding a logit method and a feature method (whose student's
+    # hooks come after a hookless student of its class was compiled), each written to its own folder
     run_kdnb('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'ResNet-8', '--method', 'KD,AT',
-             '--speed', 'fast', '--precision', 'bf16', '--out', tmp_path/'fused', *common, check=True, timeout=900)
+             '--speed', 'fast,compile=reduce-overhead', '--precision', 'bf16', '--out', tmp_path/'fused', *common, check=True, timeout=900)
     for m in ('KD', 'AT'): assert json.loads((tmp_path/'fused'/m/'results.json').read_text())['config']['method'] == m
 
 class CudaSyncs:
