@@ -179,8 +179,8 @@ def record(self:RunConfig, **resolved) -> dict:
     "What defines the run, as its `config.json` stores it (checked on resume): its own fields, the recipe in full, and `resolved` values."
     # gpus: a run records the processes it ran in itself (`processes`; under a torchrun of several machines gpus is 1)
     own = {f.name: getattr(self, f.name) for f in fields(RunConfig) if f.name not in (*HOW, 'gpus') and self.kind in f.metadata['commands']}
-    recipe, pad = self.recipe(), self.padding()  # the padding recorded where it is not the default, as runs recorded before it
-    return {'kind': self.kind, **own, **asdict(recipe), 'milestones': list(recipe.milestones), **({'padding': pad} if pad != 'reflect' else {}), **resolved}
+    recipe = self.recipe()
+    return {'kind': self.kind, **own, **asdict(recipe), 'milestones': list(recipe.milestones), 'padding': self.padding(), **resolved}
 
 @patch
 def fused_key(self:RunConfig) -> str:

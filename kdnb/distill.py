@@ -275,9 +275,8 @@ def number_run_maps(cfg:RunConfig, m:Method, *nets:nn.Module):
 
 def distill_config(cfg:RunConfig, m:Method, hp:dict, s_net, t_net, num_classes:int, sp:Speed) -> dict:
     "What defines the distillation run `cfg` (`RunConfig.record`), with the names, hyper-parameters, speed and map numbering it resolved to."
-    lm = last_map_of(cfg, m)  # recorded where it is not the default, so that a run recorded before it was resumable stays so
     return cfg.record(model=s_net.name, teacher=t_net.name, method=m.method_name, hparams=hp, num_classes=num_classes, speed=str(sp), precision=sp.precision,
-                      **({'last_map': lm} if lm != 'final' else {}))
+                      last_map=last_map_of(cfg, m))
 
 def teacher_source(t_net, methods:list[Method], cfg:RunConfig, dls, sp:Speed) -> TeacherSource:
     "Where run `cfg`'s teacher logits come from, chosen once: pre-computed, the teacher cache, or `default_source` (a peer, the forward pass)."

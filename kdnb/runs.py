@@ -14,8 +14,8 @@ from .core import KdnbError, atomic_write, save_json, load_json, save_torch
 from .distributed import is_main_process
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'load_checkpoint', 'load_weights', 'write_epoch', 'run_dir', 'prepare_run_dir', 'run_results',
-           'git_commit', 'versions']
+__all__ = ['RUN_FILES', 'RECORDED_LATER', 'load_checkpoint', 'load_weights', 'write_epoch', 'run_dir', 'prepare_run_dir',
+           'run_results', 'git_commit', 'versions']
 
 # %% ../nbs/06g_runs.ipynb #d24b04d9
 def load_checkpoint(path) -> dict:
@@ -96,9 +96,13 @@ def prepare_run_dir(out, config:dict, resume:bool) -> dict|None:
         raise KdnbError(f"{out/'last.pt'} holds weights but cannot resume a run (no {missing[0]!r}); choose a new --out directory")
     return ckpt
 
+# settings a run's record gained over time, each with the value every run had before it was recorded: the epoch's last
+# partial batch dropped, crops padded by reflection, the feature maps numbered up to the last map before pooling
+RECORDED_LATER = dict(drop_last=True, padding='reflect', last_map='final')
+
 def _in_current_terms(old:dict, config:dict) -> dict:
-    "`old`, recorded before kdnb described a run by a `RunConfig` (no `benchmark` then), as this kdnb records the same run."
-    if 'kind' in old and 'drop_last' not in old: old = {**old, 'drop_last': True}  # recorded when kdnb dropped every epoch's last partial batch
+    "`old`, recorded by an earlier kdnb, as this kdnb records the same run: the settings recorded later (`RECORDED_LATER`) and those of a `RunConfig` (no `benchmark` before)."
+    if 'kind' in old: old = {**{k: v for k, v in RECORDED_LATER.items() if k in config}, **old}
     if 'kind' not in old or 'benchmark' in old: return old
     up = {**old, 'benchmark': config.get('benchmark'), 'sync_bn': old.get('sync_bn', False)}  # the benchmark only chose the recipe, recorded in full
     if 'student' in up: up['model'] = up.pop('student')

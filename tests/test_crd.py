@@ -118,12 +118,12 @@ def test_crd_runs_number_the_maps_as_repdistiller(tmp_path):
     cfg = dict(model='WRN-16-1', teacher='WRN-16-2', method='SP', benchmark='crd', epochs=1, max_items=32, bs=16, device='cpu', speed='off', progress=False)
     rec = distill_model(out=tmp_path/'sp', **cfg)['config']
     assert rec['last_map'] == 'stage' and rec['padding'] == 'constant'
-    assert 'last_map' not in distill_model(out=tmp_path/'kd', **{**cfg, 'method': 'KD'})['config']  # it reads no maps
-    assert 'last_map' not in distill_model(out=tmp_path/'ref', **{**cfg, 'benchmark': 'reference'})['config']
+    assert distill_model(out=tmp_path/'kd', **{**cfg, 'method': 'KD'})['config']['last_map'] == 'final'  # it reads no maps
+    assert distill_model(out=tmp_path/'ref', **{**cfg, 'benchmark': 'reference'})['config']['last_map'] == 'final'
     config = tmp_path/'sp'/'config.json'
     old = json.loads(config.read_text()); del old['last_map']; config.write_text(json.dumps(old))  # as kdnb recorded it before
-    (tmp_path/'sp'/'results.json').unlink()
-    with pytest.raises(KdnbError, match=r"holds another run \(last_map: None there, 'stage' here\)"): distill_model(out=tmp_path/'sp', resume=True, **cfg)
+    (tmp_path/'sp'/'results.json').unlink()  # such a run numbered its maps up to the last before pooling
+    with pytest.raises(KdnbError, match=r"holds another run \(last_map: 'final' there, 'stage' here\)"): distill_model(out=tmp_path/'sp', resume=True, **cfg)
 
 def test_crd_crops_pad_with_zeros():
     "The CRD tables' code pads training crops with zeros (torchvision's RandomCrop(32, padding=4)); the reference by reflection. Both pipelines follow."
