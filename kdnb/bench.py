@@ -127,13 +127,16 @@ class KdnbLoop:
 def variants(device) -> list[tuple[str, str, str]]:
     "(label, speed, precision) of the kdnb variants timed on `device`."
     # at batch 64 a GPU step is bound by kernel launches more than by arithmetic: CUDA graphs (compile's reduce-overhead
-    # mode) replay the student's whole forward and backward as one launch; bf16 adds cast kernels, so it is timed both ways
+    # mode) replay the student's whole forward and backward as one launch, and with step_graph the loss and the SGD update
+    # too; bf16 adds cast kernels, so it is timed both ways
     v = [('kdnb, all options off', 'off', 'fp32'), ('+ device data', 'off,device_data', 'fp32'),
          ('+ channels_last + cuDNN autotune (fast, fp32)', 'fast', 'fp32'), ('fast + bf16', 'fast', 'bf16'),
          ('fast + torch.compile (fp32)', 'fast,compile', 'fp32'),
          ('fast + CUDA graphs (compile=reduce-overhead, fp32)', 'fast,compile=reduce-overhead', 'fp32'),
          ('fast + CUDA graphs + teacher cache (fp32)', 'fast,compile=reduce-overhead,teacher_cache', 'fp32'),
-         ('fast + CUDA graphs + teacher cache + bf16', 'fast,compile=reduce-overhead,teacher_cache', 'bf16')]
+         ('fast + CUDA graphs + teacher cache + bf16', 'fast,compile=reduce-overhead,teacher_cache', 'bf16'),
+         ('fast + one CUDA graph a step (step_graph, fp32)', 'fast,compile=reduce-overhead,step_graph', 'fp32'),
+         ('fast + one CUDA graph a step + teacher cache (fp32)', 'fast,compile=reduce-overhead,step_graph,teacher_cache', 'fp32')]
     if torch.device(device).type != 'cuda':  # inductor's C++ compile takes minutes on a CPU, and bf16 is slower there: keep the check quick
         v = [('kdnb, all options off', 'off', 'fp32'), ('+ device data + channels_last (fast on CPU)', 'fast', 'fp32'),
              ('+ teacher cache', 'fast,teacher_cache', 'fp32')]

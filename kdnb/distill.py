@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 import torch, torch.nn as nn
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelBatchException
 from fastai.learner import Learner, ValueMetric, Metric
 from fastai.torch_core import set_seed, default_device, one_param
 from .models.core import Features, FeatureHooks, feature_spec, create_model, number_maps
@@ -148,6 +148,14 @@ def set_context(m:Method, l:Learner):
     m.epoch, m.n_epochs = epoch_in_run(l), epoch_in_run(l) - l.epoch + l.n_epoch  # counting the epochs before a resume
     m.step, m.batch_index = m.epoch * l.n_iter + l.iter, getattr(l, 'batch_index', None)
 
+class _BatchLoss(nn.Module):
+    "A training batch's distillation loss around the learner's model, one module (for `StepGraph`): (x, y, teacher logits) -> (loss, terms)."
+    def __init__(self, model:nn.Module, loss_func): super().__init__(); self.model, self.loss_func = model, loss_func
+    def forward(self, x, y, t_logits):
+        z = self.model(x)
+        terms = unwrap(self.model).method(logits_features(z), logits_features(t_logits), y, self.loss_func(z, y))
+        return sum(terms.values()), terms
+
 class Distiller(Callback):
     "Take the teacher's logits of every training batch from `source` (and its features, through hooks on its network) and train on the method's loss terms."
     order = 5  # after DatasetIndexCallback and TrainEval, before Recorder (metric names)
@@ -163,6 +171,10 @@ class Distiller(Callback):
         self.sums = {k: 0. for k in self.method.terms}; self.count = 0
         names = set(self.learn.metrics.attrgot('name'))
         self.learn.metrics += [ValueMetric(self._avg(k), k) for k in self.method.terms if k not in names]
+        if (graph := getattr(self.learn, 'step_graph', None)) is not None:  # speed option step_graph: the whole step compiled
+            if why := self.method.step_graph_obstacle:
+                raise KdnbError(f"{self.method.method_name} cannot train with the speed option step_graph: {why}; leave step_graph out")
+            graph.plug(_BatchLoss(self.learn.model, self.learn.loss_func), lambda: (self.source.logits(self.learn),), self.add_terms)
     def _avg(self, k): return lambda: process_mean(self.sums[k]) / max(self.count, 1)
     def before_train(self):
         self.sums, self.count = {k: 0. for k in self.method.terms}, 0
@@ -183,9 +195,12 @@ class Distiller(Callback):
         if self.method.task_terms:  # backward of the task terms first (`before_backward`), then of the others
             self.task_loss = sum(terms[k] for k in self.method.task_terms)
             self.learn.loss_grad = sum(v for k, v in terms.items() if k not in self.method.task_terms)
-        for k, v in terms.items(): self.sums[k] = self.sums[k] + v.detach()  # no .item(): no GPU sync per batch
-        self.count += 1
+        self.add_terms(terms)
         self.s_feats = self.t_feats = None  # free the graph's references before backward
+    def add_terms(self, terms:dict):
+        "Add a training batch's loss terms to the epoch's sums, on their device (no `.item()`: no GPU sync per batch)."
+        for k, v in terms.items(): self.sums[k] = self.sums[k] + v.detach()
+        self.count += 1
     def before_backward(self):
         if getattr(self, 'task_loss', None) is None: return
         self.task_loss.backward(retain_graph=True)

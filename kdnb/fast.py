@@ -43,6 +43,7 @@ class Speed:
     teacher_cache: bool = False
     cudnn_benchmark: bool = False
     streams: bool = False
+    step_graph: bool = False
 
     def on(self, device) -> Speed:
         "The options that apply on `device`: cuDNN's autotuner, CUDA graphs and streams need a GPU (bf16 autocast runs on a CPU too)."

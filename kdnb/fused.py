@@ -176,6 +176,7 @@ def fused_opt_state(states:list[dict]) -> dict:
 
 def fused_learner(dls, members:list[DistillationModel], teacher:nn.Module, recipe:Recipe, out, source=None, speed=None):
     "A `Learner` training `members` (each a `DistillationModel` of `teacher`) together: one teacher pass per batch, one parameter group per member."
+    if speed and speed.step_graph: raise KdnbError("the speed option step_graph compiles one student's training step, not fused students'; leave step_graph out")
     cpu = torch.device(dls.device or default_device()).type == 'cpu'
     if cpu and not (speed and speed.compile): threads = MemberThreads(len(members))  # compiled code is traced one thread at a time
     elif not cpu and speed and speed.streams: threads = MemberStreams(len(members), dls.device)

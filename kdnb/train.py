@@ -16,7 +16,8 @@ from fastcore.basics import noop
 import fastai.callback.progress  # registers the fastprogress bar and `Learner.no_bar`
 from fastai.optimizer import OptimWrapper
 from fastai.metrics import accuracy, top_k_accuracy
-from fastai.callback.core import Callback, CancelTrainException
+from fastai.callback.core import Callback, CancelTrainException, CancelBatchException
+from typing import Callable
 from fastai.torch_core import set_seed, default_device
 from .data import make_dataloaders, DatasetIndexCallback
 from .fast import Speed, parse_speed, speed_callbacks, prepare_models, device_dataloaders, LeanLearner
@@ -27,8 +28,8 @@ from .runs import write_epoch, load_weights, run_dir, prepare_run_dir, run_resul
 
 # %% auto #0
 __all__ = ['epoch_in_run', 'MultiStepLR', 'top1', 'top5', 'LossNotFinite', 'EpochLoss', 'random_state', 'set_random_state',
-           'seed_training', 'Checkpointer', 'check_batches', 'one_process_per_run', 'make_learner', 'fit_run',
-           'fit_epochs', 'make_run_dataloaders', 'train_model']
+           'seed_training', 'Checkpointer', 'check_batches', 'one_process_per_run', 'sgd_update', 'step_graph_obstacle',
+           'StepGraph', 'make_learner', 'fit_run', 'fit_epochs', 'make_run_dataloaders', 'train_model']
 
 # %% ../nbs/07_train.ipynb #77c663c0
 def epoch_in_run(learn) -> int:
@@ -124,6 +125,73 @@ def one_process_per_run(fit):
             return fit(learn, recipe, out, *args, **kwargs)
     return _fit
 
+# %% ../nbs/07_train.ipynb #1eeacde2
+def sgd_update(params:list, grads:list, momentum_buffers:list, lr:torch.Tensor, momentum:torch.Tensor, wd:float):
+    "PyTorch's SGD step without dampening or Nesterov, in place on lists of tensors: d = g + wd p; b = momentum b + d; p = p - lr b."
+    d = torch._foreach_add(grads, params, alpha=wd)
+    torch._foreach_mul_(momentum_buffers, momentum)
+    torch._foreach_add_(momentum_buffers, d)
+    torch._foreach_sub_(params, torch._foreach_mul(momentum_buffers, lr))
+
+# %% ../nbs/07_train.ipynb #4b7ff4e2
+class _ModelLoss(nn.Module):
+    "A training batch's loss around the learner's model: `loss_func(model(x), y)`, with no separate terms."
+    def __init__(self, model:nn.Module, loss_func): super().__init__(); self.model, self.loss_func = model, loss_func
+    def forward(self, x, y): return self.loss_func(self.model(x), y), {}
+
+def _training_step(loss:nn.Module, params:dict, buffers:dict, groups:list, *inputs):
+    "The loss of a batch, its gradient with respect to `params` (`torch.func`), and each parameter group's SGD update; returns the loss and its terms."
+    def f(p, b): return torch.func.functional_call(loss, {**p, **b}, inputs)
+    grads, (value, terms) = torch.func.grad_and_value(f, has_aux=True)(params, buffers)
+    with torch.no_grad():
+        for names, lr, momentum, momentum_buffers, wd in groups:
+            sgd_update([params[n] for n in names], [grads[n] for n in names], momentum_buffers, lr, momentum, wd)
+    return value.detach(), {k: v.detach() for k, v in terms.items()}
+
+def step_graph_obstacle(learn:Learner) -> str:
+    "Why the training step of `learn` cannot be one compiled function (speed option `step_graph`), or '' if it can."
+    if world_size() > 1: return "DDP averages the gradients inside autograd's backward pass, which the compiled step does not run"
+    opt = getattr(learn.opt, 'opt', learn.opt)
+    if not isinstance(opt, torch.optim.SGD) or any(g['nesterov'] or g['dampening'] or g['maximize'] for g in opt.param_groups):
+        return "its optimiser is not the recipe's SGD"
+    return ''
+
+class StepGraph(Callback):
+    "Each training batch as one compiled call (speed option `step_graph`): forward, loss, gradient and SGD update, in place of fastai's forward, backward and step."
+    order = 200  # after every callback that prepares a batch or times it: the step runs at the end of `before_batch`
+    def __init__(self, mode:str='default'): self.mode, self.plugged = mode, None
+    def plug(self, loss:nn.Module, inputs:Callable, record:Callable):
+        "Train on `loss`, a module around the learner's model mapping (x, y, *inputs()) to (loss, terms); hand each batch's terms to `record`."
+        self.plugged = loss, inputs, record
+    def before_fit(self):
+        if why := step_graph_obstacle(self.learn): raise KdnbError(f"this run cannot train with the speed option step_graph: {why}; leave step_graph out")
+        self.batch_loss, self.inputs, self.record = self.plugged or (_ModelLoss(self.learn.model, self.learn.loss_func), tuple, noop)
+        self.train_step = torch.compile(_training_step, mode=self.mode, dynamic=False)
+    def before_train(self):
+        # the optimiser's own tensors, read each epoch: a resumed run has just loaded its state
+        self.sgd, names = getattr(self.learn.opt, 'opt', self.learn.opt), {id(p): n for n, p in self.batch_loss.named_parameters()}
+        self.params, self.net_buffers, self.groups, self.hypers = {}, dict(self.batch_loss.named_buffers()), [], []
+        for g in self.sgd.param_groups:
+            for p in g['params']:
+                self.params[names[id(p)]] = p
+                if self.sgd.state[p].get('momentum_buffer') is None: self.sgd.state[p]['momentum_buffer'] = torch.zeros_like(p)
+            p0 = g['params'][0]  # a rate given as an int (momentum 0) must not make an integer tensor
+            lr, mom = (torch.tensor(float(g[k]), dtype=p0.dtype, device=p0.device) for k in ('lr', 'momentum'))
+            self.groups.append(([names[id(p)] for p in g['params']], lr, mom, [self.sgd.state[p]['momentum_buffer'] for p in g['params']], g['weight_decay']))
+            self.hypers.append((g['lr'], g['momentum']))
+        # CUDA graphs update these tensors where they are, rather than copying them in and out of the graph each step
+        for t in (*self.params.values(), *self.net_buffers.values(), *(t for g in self.groups for t in (g[1], g[2], *g[3]))):
+            torch._dynamo.mark_static_address(t)
+    def before_batch(self):
+        if not self.training: return
+        for i, g in enumerate(self.sgd.param_groups):
+            if (g['lr'], g['momentum']) != self.hypers[i]:  # a schedule's new values, written on the device
+                self.groups[i][1].fill_(g['lr']); self.groups[i][2].fill_(g['momentum']); self.hypers[i] = g['lr'], g['momentum']
+        loss, terms = self.train_step(self.batch_loss, self.params, self.net_buffers, self.groups, *self.learn.xb, *self.learn.yb, *self.inputs())
+        self.learn.loss = self.learn.loss_grad = loss
+        self.record(terms)
+        raise CancelBatchException()  # the step is done: fastai's forward, backward and step are skipped, `after_batch` still runs
+
 # %% ../nbs/07_train.ipynb #bfb00a26
 def make_learner(dls, model:nn.Module, recipe:Recipe, out, cbs=(), metrics=None, splitter=None, speed:Speed|None=None, opt_func=None,
                  sync_bn:bool=False) -> Learner:
@@ -134,7 +202,8 @@ def make_learner(dls, model:nn.Module, recipe:Recipe, out, cbs=(), metrics=None,
     if world_size() > 1: cbs = [*cbs, DDPTrainer(dls.device or default_device(), sync_bn)]
     learn = LeanLearner(dls, model, loss_func=nn.CrossEntropyLoss(), lr=recipe.lr, wd=recipe.wd, wd_bn_bias=True,
                     opt_func=opt_func or partial(OptimWrapper, opt=torch.optim.SGD, momentum=recipe.momentum, weight_decay=recipe.wd, fused=True), metrics=metrics or [top1, top5],
-                    cbs=[DatasetIndexCallback(), MultiStepLR(recipe.milestones, recipe.gamma), EpochLoss(), *speed_callbacks(speed or Speed()), *cbs],
+                    cbs=[DatasetIndexCallback(), MultiStepLR(recipe.milestones, recipe.gamma), EpochLoss(), *speed_callbacks(speed or Speed()), *cbs,
+                         *([StepGraph(speed.compile or 'default')] if speed and speed.step_graph else [])],
                     path=out, model_dir='.', **kw)
     return learn
 

@@ -19,10 +19,10 @@ class Crash(Callback):
     def after_epoch(self):
         if self.epoch + 1 == self.n: raise KeyboardInterrupt
 
-def run(out, crash_after=None):
+def run(out, crash_after=None, speed=None):
     set_seed(0)
     learn = make_learner(subset_dataloaders(n_train=128, n_valid=64, bs=32), create_model('ResNet-8', 10), RECIPE, out,
-                         cbs=[Crash(crash_after)] if crash_after else [])
+                         cbs=[Crash(crash_after)] if crash_after else [], speed=speed)
     try: return learn, fit_run(learn, RECIPE, out, {'model': 'ResNet-8'}, resume=True, progress=False)
     except KeyboardInterrupt: return learn, None
 
@@ -35,6 +35,17 @@ def test_resume_gives_same_final_weights(tmp_path):
     for (k, a), b in zip(ref.model.state_dict().items(), res_learn.model.state_dict().values()):
         assert torch.equal(a, b), k
     assert ref_res['last']['top1'] == res['last']['top1']
+
+def test_step_graph_resumes_exactly(tmp_path):
+    "With the speed option step_graph the momentum buffers are the optimiser's: checkpointed and loaded, so a resumed run ends where an uninterrupted one does."
+    from kdnb.fast import Speed
+    sp = Speed(step_graph=True)
+    ref, _ = run(tmp_path/'straight', speed=sp)
+    run(tmp_path/'resumed', crash_after=1, speed=sp)
+    state = torch.load(tmp_path/'resumed'/'last.pt', weights_only=False)['opt']['state']
+    assert state and all(s['momentum_buffer'].abs().sum() > 0 for s in state.values())  # the epoch's buffers, in the checkpoint
+    res_learn, res = run(tmp_path/'resumed', speed=sp)
+    assert res['epochs'] == 3 and all(torch.equal(a, b) for a, b in zip(ref.model.state_dict().values(), res_learn.model.state_dict().values()))
 
 def test_kill_the_cli_and_resume(tmp_path):
     "A real SIGKILL mid-run: the checkpoint stays loadable and --resume completes the run."

@@ -60,6 +60,12 @@ def test_compile_on_cpu(tmp_path):
     compiled = distill_model(out=tmp_path/'compiled', speed='off,compile', **common)
     assert compiled['config']['speed'] == 'compile=default'
     assert abs(compiled['last']['train_loss'] - eager['last']['train_loss']) < 1e-3 * abs(eager['last']['train_loss'])
+    # the whole step as one compiled function (speed option step_graph), the last partial batch a graph of its own: the same training
+    graphed = distill_model(out=tmp_path/'graphed', speed='off,step_graph', **common)
+    assert graphed['config']['speed'] == 'step_graph'
+    assert abs(graphed['last']['train_loss'] - eager['last']['train_loss']) < 1e-3 * abs(eager['last']['train_loss'])
+    bf16 = distill_model(out=tmp_path/'graphed-bf16', speed='off,step_graph', precision='bf16', **common)  # autocast inside the compiled step
+    assert abs(bf16['last']['train_loss'] - eager['last']['train_loss']) < 0.05 * abs(eager['last']['train_loss'])
     # a logit method's student and a feature method's, of one class, compiled in one fused run: the second one's hooks still
     # record (dynamo would otherwise reuse the first one's hookless graph for it)
     from kdnb.config import RunConfig
@@ -70,7 +76,7 @@ def test_compile_on_cpu(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not has_cuda(), reason='needs a CUDA GPU')
 def test_gpu_paths(tmp_path):
-    "What only a GPU runs, a few batches each: device data on the GPU, channels_last, cuDNN autotune, bf16, CUDA graphs, the cache."
+    "What only a GPU runs, a few batches each: device data on the GPU, channels_last, cuDNN autotune, bf16, CUDA graphs (the networks' and the whole step's), the cache."
     import torch
     from kdnb.fast import device_dataloaders
     a, b = (device_dataloaders('cifar10-subset', bs=64, device=d, max_items=256, seed=0) for d in ('cuda', 'cpu'))
@@ -78,7 +84,8 @@ def test_gpu_paths(tmp_path):
     assert torch.equal(ia.cpu(), ib) and torch.equal(va.cpu(), vb) and torch.allclose(xa.cpu(), xb, atol=1e-5)  # the same views on both
     common = ['--epochs', '1', '--bs', '64', '--max-items', '512', '--no-progress', '--device', 'cuda']
     run_kdnb('train', '--model', 'ResNet-8', '--out', tmp_path/'t', '--speed', 'fast', *common, check=True)
-    for i, (speed, precision) in enumerate([('fast', 'fp32'), ('fast', 'bf16'), ('fast,compile=reduce-overhead', 'bf16'), ('fast,teacher_cache', 'bf16')]):
+    for i, (speed, precision) in enumerate([('fast', 'fp32'), ('fast', 'bf16'), ('fast,compile=reduce-overhead', 'bf16'), ('fast,teacher_cache', 'bf16'),
+                                            ('fast,compile=reduce-overhead,step_graph', 'fp32'), ('fast,compile=reduce-overhead,step_graph,teacher_cache', 'bf16')]):
         run_kdnb('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'ResNet-8', '--method', 'KD',
                  '--speed', speed, '--precision', precision, '--out', tmp_path/f's{i}', *common, check=True, timeout=900)
         res = json.loads((tmp_path/f's{i}'/'results.json').read_text())

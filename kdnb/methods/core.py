@@ -97,6 +97,14 @@ class Method(nn.Module):
         if not self.logits_only: return "it needs the teacher's features"
         return ''
     @property
+    def step_graph_obstacle(self) -> str:
+        "Why its training step cannot be one compiled function (speed option `step_graph`, `kdnb.train.StepGraph`), or '' if it can."
+        if self.needs_features: return "it reads the networks' features through forward hooks, which a step under torch.func does not keep"
+        if self.trains_teacher: return "it trains its teacher as a peer"
+        if self.own_optimizer or self.task_terms: return "it trains with an optimiser of its own"
+        if self.pre_stages(): return "it trains in stages"
+        return ''
+    @property
     def ddp_obstacle(self) -> str:
         "Why it cannot train in a run of several processes (`kdnb.distributed`), or '' if it can."
         if self.pre_stages(): return "a stage before the main one leaves parameters without gradients, which DDP does not allow"
