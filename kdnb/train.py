@@ -17,7 +17,7 @@ import fastai.callback.progress  # registers the fastprogress bar and `Learner.n
 from fastai.optimizer import OptimWrapper
 from fastai.metrics import accuracy, top_k_accuracy
 from fastai.callback.core import Callback, CancelTrainException, CancelBatchException
-from typing import Callable
+from typing import Callable, NamedTuple
 from fastai.torch_core import set_seed, default_device
 from .data import make_dataloaders, DatasetIndexCallback
 from .fast import Speed, parse_speed, speed_callbacks, prepare_models, device_dataloaders, LeanLearner
@@ -28,8 +28,9 @@ from .runs import write_epoch, load_weights, run_dir, prepare_run_dir, run_resul
 
 # %% auto #0
 __all__ = ['epoch_in_run', 'MultiStepLR', 'top1', 'top5', 'LossNotFinite', 'EpochLoss', 'random_state', 'set_random_state',
-           'seed_training', 'Checkpointer', 'check_batches', 'one_process_per_run', 'sgd_update', 'step_graph_obstacle',
-           'StepGraph', 'make_learner', 'fit_run', 'fit_epochs', 'make_run_dataloaders', 'train_model']
+           'seed_training', 'Checkpointer', 'check_batches', 'one_process_per_run', 'sgd_update', 'SGDGroup',
+           'step_graph_obstacle', 'StepGraph', 'make_learner', 'fit_run', 'fit_epochs', 'make_run_dataloaders',
+           'train_model']
 
 # %% ../nbs/07_train.ipynb #77c663c0
 def epoch_in_run(learn) -> int:
@@ -139,13 +140,20 @@ class _ModelLoss(nn.Module):
     def __init__(self, model:nn.Module, loss_func): super().__init__(); self.model, self.loss_func = model, loss_func
     def forward(self, x, y): return self.loss_func(self.model(x), y), {}
 
-def _training_step(loss:nn.Module, params:dict, buffers:dict, groups:list, *inputs):
+class SGDGroup(NamedTuple):
+    "One parameter group of the compiled step: its parameters' names, its rate and momentum (tensors on the device), momentum buffers, weight decay."
+    names: list
+    lr: torch.Tensor
+    momentum: torch.Tensor
+    momentum_buffers: list
+    wd: float
+
+def _training_step(loss:nn.Module, params:dict, buffers:dict, groups:list[SGDGroup], *inputs):
     "The loss of a batch, its gradient with respect to `params` (`torch.func`), and each parameter group's SGD update; returns the loss and its terms."
     def f(p, b): return torch.func.functional_call(loss, {**p, **b}, inputs)
     grads, (value, terms) = torch.func.grad_and_value(f, has_aux=True)(params, buffers)
     with torch.no_grad():
-        for names, lr, momentum, momentum_buffers, wd in groups:
-            sgd_update([params[n] for n in names], [grads[n] for n in names], momentum_buffers, lr, momentum, wd)
+        for g in groups: sgd_update([params[n] for n in g.names], [grads[n] for n in g.names], g.momentum_buffers, g.lr, g.momentum, g.wd)
     return value.detach(), {k: v.detach() for k, v in terms.items()}
 
 def step_graph_obstacle(learn:Learner) -> str:
@@ -177,16 +185,16 @@ class StepGraph(Callback):
                 if self.sgd.state[p].get('momentum_buffer') is None: self.sgd.state[p]['momentum_buffer'] = torch.zeros_like(p)
             p0 = g['params'][0]  # a rate given as an int (momentum 0) must not make an integer tensor
             lr, mom = (torch.tensor(float(g[k]), dtype=p0.dtype, device=p0.device) for k in ('lr', 'momentum'))
-            self.groups.append(([names[id(p)] for p in g['params']], lr, mom, [self.sgd.state[p]['momentum_buffer'] for p in g['params']], g['weight_decay']))
+            self.groups.append(SGDGroup([names[id(p)] for p in g['params']], lr, mom, [self.sgd.state[p]['momentum_buffer'] for p in g['params']], g['weight_decay']))
             self.hypers.append((g['lr'], g['momentum']))
         # CUDA graphs update these tensors where they are, rather than copying them in and out of the graph each step
-        for t in (*self.params.values(), *self.net_buffers.values(), *(t for g in self.groups for t in (g[1], g[2], *g[3]))):
+        for t in (*self.params.values(), *self.net_buffers.values(), *(t for g in self.groups for t in (g.lr, g.momentum, *g.momentum_buffers))):
             torch._dynamo.mark_static_address(t)
     def before_batch(self):
         if not self.training: return
         for i, g in enumerate(self.sgd.param_groups):
             if (g['lr'], g['momentum']) != self.hypers[i]:  # a schedule's new values, written on the device
-                self.groups[i][1].fill_(g['lr']); self.groups[i][2].fill_(g['momentum']); self.hypers[i] = g['lr'], g['momentum']
+                self.groups[i].lr.fill_(g['lr']); self.groups[i].momentum.fill_(g['momentum']); self.hypers[i] = g['lr'], g['momentum']
         loss, terms = self.train_step(self.batch_loss, self.params, self.net_buffers, self.groups, *self.learn.xb, *self.learn.yb, *self.inputs())
         self.learn.loss = self.learn.loss_grad = loss
         self.record(terms)

@@ -99,7 +99,7 @@ class Method(nn.Module):
     @property
     def step_graph_obstacle(self) -> str:
         "Why its training step cannot be one compiled function (speed option `step_graph`, `kdnb.train.StepGraph`), or '' if it can."
-        if self.needs_features: return "it reads the networks' features through forward hooks, which a step under torch.func does not keep"
+        if self.needs_features: return "it reads the networks' features through forward hooks, which the compiled step does not run"
         if self.trains_teacher: return "it trains its teacher as a peer"
         if self.own_optimizer or self.task_terms: return "it trains with an optimiser of its own"
         if self.pre_stages(): return "it trains in stages"
