@@ -149,11 +149,17 @@ def set_context(m:Method, l:Learner):
     m.step, m.batch_index = m.epoch * l.n_iter + l.iter, getattr(l, 'batch_index', None)
 
 class _BatchLoss(nn.Module):
-    "A training batch's distillation loss around the learner's model, one module (for `StepGraph`): (x, y, teacher logits) -> (loss, terms)."
-    def __init__(self, model:nn.Module, loss_func): super().__init__(); self.model, self.loss_func = model, loss_func
-    def forward(self, x, y, t_logits):
+    "A training batch's distillation loss around the learner's model, one module (for `StepGraph`): (x, y, teacher features) -> (loss, terms)."
+    def __init__(self, model:nn.Module, loss_func, s_hooks:FeatureHooks|None=None, t_hooks:FeatureHooks|None=None):
+        super().__init__(); self.model, self.loss_func, self.hooks = model, loss_func, (s_hooks, t_hooks)
+    def forward(self, x, y, t_feats:Features):
         z = self.model(x)
-        terms = unwrap(self.model).method(logits_features(z), logits_features(t_logits), y, self.loss_func(z, y))
+        s_feats = self.hooks[0].features(z) if self.hooks[0] else logits_features(z)
+        terms = unwrap(self.model).method(s_feats, t_feats, y, self.loss_func(z, y))
+        # under torch.func no tensor of the step may outlive it: neither the student's features nor what a method's call of
+        # the teacher's head (SRD) left in the teacher's hooks
+        for h in self.hooks:
+            if h: h.clear()
         return sum(terms.values()), terms
 
 class Distiller(Callback):
@@ -174,7 +180,7 @@ class Distiller(Callback):
         if (graph := getattr(self.learn, 'step_graph', None)) is not None:  # speed option step_graph: the whole step compiled
             if why := self.method.step_graph_obstacle:
                 raise KdnbError(f"{self.method.method_name} cannot train with the speed option step_graph: {why}; leave step_graph out")
-            graph.plug(_BatchLoss(self.learn.model, self.learn.loss_func), lambda: (self.source.logits(self.learn),), self.add_terms)
+            graph.plug(_BatchLoss(self.learn.model, self.learn.loss_func, self.s_hooks, self.t_hooks), lambda: (self.teacher_features(),), self.add_terms)
     def _avg(self, k): return lambda: process_mean(self.sums[k]) / max(self.count, 1)
     def before_train(self):
         self.sums, self.count = {k: 0. for k in self.method.terms}, 0
@@ -182,10 +188,13 @@ class Distiller(Callback):
     def before_batch(self):
         if not self.training: return
         set_context(self.method, self.learn)
+    def teacher_features(self) -> Features:
+        "The teacher's side of the training batch: its logits from the source, its feature maps from the hooks on its network."
+        t_logits = self.source.logits(self.learn)
+        return self.t_hooks.features(t_logits) if self.t_hooks else logits_features(t_logits)
     def after_pred(self):
         if not self.training: return
-        t_logits = self.source.logits(self.learn)
-        self.t_feats = self.t_hooks.features(t_logits) if self.t_hooks else logits_features(t_logits)
+        self.t_feats = self.teacher_features()
         self.s_feats = self.s_hooks.features(self.pred) if self.s_hooks else logits_features(self.pred)
     def after_loss(self):
         if not self.training: return

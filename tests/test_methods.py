@@ -61,3 +61,25 @@ def test_plugin_declaring_only_features_never_gets_precomputed_logits(tmp_path):
             distill_model(model='ResNet-8', teacher='ResNet-8', method='FeatOnlyProbe', out=tmp_path/'x', teacher_logits='precomputed', epochs=1, max_items=32, bs=16, device='cpu')
         assert not (tmp_path/'x').exists()
     finally: METHODS._items.pop('featonlyprobe')
+
+@pytest.mark.parametrize('method', ['FitNet', 'DIST', 'SRD', 'SRDwithDIST'])
+def test_main_table_methods_train_alike_in_one_compiled_step(method):
+    "The reference's main-table methods (KD and AT: in `10_distill`) with the speed option step_graph: the weights move as in fastai's loop, and each loss term sums alike."
+    import tempfile
+    from fastai.torch_core import set_seed
+    from kdnb.config import Recipe
+    from kdnb.data import subset_dataloaders
+    from kdnb.distill import distill_learner
+    from kdnb.fast import Speed
+    def trained(speed):
+        set_seed(0)
+        learn, lr = distill_learner(subset_dataloaders(n_train=32, n_valid=16, bs=16), create_model('ResNet-8', 10), create_model('ResNet-14', 10).eval(),
+                                    create_method(method), Recipe(epochs=1), tempfile.mkdtemp(), speed=speed)
+        start = torch.cat([p.detach().flatten().clone() for p in learn.model.parameters()])
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, lr)
+        return start, torch.cat([p.detach().flatten() for p in learn.model.parameters()]), {k: float(v) for k, v in learn.distiller.sums.items()}
+    (w0, eager, e_sums), (_, graphed, g_sums) = trained(Speed()), trained(Speed(step_graph=True))
+    # rounding apart (DIST's correlations of nearly flat distributions magnify it), the two runs move the weights alike: a
+    # missing term or a wrong gradient would differ by a fair part of the move itself
+    assert (eager - graphed).norm() < 0.02 * (eager - w0).norm(), ((eager - graphed).norm(), (eager - w0).norm())
+    assert e_sums.keys() == g_sums.keys() and all(abs(e_sums[k] - g_sums[k]) <= 1e-2 * abs(e_sums[k]) + 1e-6 for k in e_sums), (e_sums, g_sums)

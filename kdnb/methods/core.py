@@ -99,10 +99,11 @@ class Method(nn.Module):
     @property
     def step_graph_obstacle(self) -> str:
         "Why its training step cannot be one compiled function (speed option `step_graph`, `kdnb.train.StepGraph`), or '' if it can."
-        if self.needs_features: return "it reads the networks' features through forward hooks, which the compiled step does not run"
         if self.trains_teacher: return "it trains its teacher as a peer"
         if self.own_optimizer or self.task_terms: return "it trains with an optimiser of its own"
-        if self.pre_stages(): return "it trains in stages"
+        # a module trained only before the main stage (FitNet's regressor) gets no gradient after it, which PyTorch's SGD skips;
+        # a compiled gradient gives it zeros, and the step would decay it
+        if self.pre_stages(): return "it trains a module in a stage before the main one, which the compiled step would then decay"
         return ''
     @property
     def ddp_obstacle(self) -> str:

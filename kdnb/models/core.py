@@ -67,6 +67,9 @@ class FeatureHooks:
     def features(self, logits:torch.Tensor) -> Features:
         got = {k: [self.hooks[a].stored for a in v] for k, v in self.addresses.items()}
         return Features(got['stem'][0], got['stages'], got['final'][0], got['embedding'][0].flatten(1), logits, self.spec.last_map)
+    def clear(self):
+        "Drop the stored outputs: a compiled training step (`kdnb.train.StepGraph`) lets none of its tensors outlive it."
+        for h in self.hooks.values(): h.stored = None
     def remove(self):
         for h in self.hooks.values(): h.remove()
     def __enter__(self): return self
