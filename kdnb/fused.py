@@ -106,6 +106,20 @@ def member_metric(k:int, fn, name:str) -> AvgMetric:
     return AvgMetric(f)
 
 # %% ../nbs/10a_fused.ipynb #17dee38a
+class _FusedBatchLoss(nn.Module):
+    "The fused students' summed loss of a training batch, one module (for `StepGraph`): (x, y, teacher logits, teacher features) -> (loss, each member's terms)."
+    def __init__(self, fused:FusedStudents, s_hooks:list, t_hooks:dict): super().__init__(); self.fused, self.s_hooks, self.t_hooks = fused, s_hooks, t_hooks
+    def forward(self, x, y, t_logits, t_feats:dict):
+        losses, terms = [], []
+        for member, hooks in zip(self.fused.members, self.s_hooks):  # in order, as `FusedStudents` runs a forward that draws
+            z, m = member(x), member.method
+            s = hooks.features(z) if hooks else logits_features(z)
+            got = m(s, t_feats[m.preact_teacher] if m.needs_features else logits_features(t_logits), y, F.cross_entropy(z, y))
+            losses.append(loss := sum(got.values())); terms.append({'train_loss': loss.float(), **got})
+        for h in [*self.s_hooks, *self.t_hooks.values()]:  # under torch.func no tensor of the step may outlive it
+            if h: h.clear()
+        return sum(losses), terms
+
 class FusedDistiller(Distiller):
     "The teacher runs once per training batch; every member of a `FusedStudents` trains on its own method's loss terms."
     @property
@@ -121,6 +135,19 @@ class FusedDistiller(Distiller):
                               for fn, n in ((top1, 'top1'), (top5, 'top5'), (F.cross_entropy, 'valid_loss'))]
         self.learn.metrics += [ValueMetric(self._avg(k, t), f'{lab}:{t}') for k, (lab, m) in enumerate(zip(self.labels, methods))
                                for t in ('train_loss', *m.terms)]
+        if (graph := getattr(self.learn, 'step_graph', None)) is not None:  # speed option step_graph: every member's step in one
+            if bad := next((m for m in methods if m.step_graph_obstacle), None):
+                raise KdnbError(f"{bad.method_name} cannot train with the speed option step_graph: {bad.step_graph_obstacle}; leave step_graph out")
+            graph.plug(_FusedBatchLoss(self.learn.model, self.s_hooks, self.t_hooks), self.teacher_side, self.add_terms)
+    def teacher_side(self) -> tuple:
+        "The training batch's teacher logits, and its features for each kind of feature the members read."
+        t_logits = self.source.logits(self.learn)
+        return t_logits, {p: h.features(t_logits) for p, h in self.t_hooks.items()}
+    def add_terms(self, terms:list[dict]):
+        "Add each member's loss terms of a training batch to its sums, on their device."
+        for k, got in enumerate(terms):
+            for name, v in got.items(): self.sums[k][name] = self.sums[k][name] + v.detach()
+        self.count += 1
     def _avg(self, k, t): return lambda: float(self.sums[k][t]) / max(self.count, 1)
     def reset(self): self.sums, self.count = [{t: 0. for t in ('train_loss', *m.method.terms)} for m in self.members], 0
     def before_train(self):
@@ -132,21 +159,19 @@ class FusedDistiller(Distiller):
         for m in self.members: set_context(m.method, self.learn)
     def after_pred(self):
         if not self.training: return
-        self.t_logits = self.source.logits(self.learn)
-        self.t_feats = {p: h.features(self.t_logits) for p, h in self.t_hooks.items()}
+        self.t_logits, self.t_feats = self.teacher_side()
         self.s_feats = [h.features(p) if h else logits_features(p) for h, p in zip(self.s_hooks, self.learn.model.outs)]
     def after_loss(self):
         if not self.training: return
-        losses, fused = [], self.learn.model
-        for k, (member, s, out) in enumerate(zip(self.members, self.s_feats, fused.outs)):
+        losses, terms, fused = [], [], self.learn.model
+        for member, s, out in zip(self.members, self.s_feats, fused.outs):
             m = member.method  # in order, in this thread: a method's loss may draw random numbers
             t = self.t_feats[m.preact_teacher] if m.needs_features else logits_features(self.t_logits)
-            terms = m(s, t, self.y, F.cross_entropy(out, self.y))
-            losses.append(loss := sum(terms.values()))
-            for name, v in {'train_loss': loss.float(), **terms}.items(): self.sums[k][name] = self.sums[k][name] + v.detach()
+            got = m(s, t, self.y, F.cross_entropy(out, self.y))
+            losses.append(loss := sum(got.values())); terms.append({'train_loss': loss.float(), **got})
         total = sum(losses)
         self.learn.loss_grad, self.learn.loss = total, total.detach()
-        self.count += 1
+        self.add_terms(terms)
         self.losses = losses if fused.threads.pool else None
         self.s_feats = self.t_feats = self.t_logits = fused.outs = None  # free the graph's references before backward
     def before_backward(self):
@@ -176,7 +201,6 @@ def fused_opt_state(states:list[dict]) -> dict:
 
 def fused_learner(dls, members:list[DistillationModel], teacher:nn.Module, recipe:Recipe, out, source=None, speed=None):
     "A `Learner` training `members` (each a `DistillationModel` of `teacher`) together: one teacher pass per batch, one parameter group per member."
-    if speed and speed.step_graph: raise KdnbError("the speed option step_graph compiles one student's training step, not fused students'; leave step_graph out")
     cpu = torch.device(dls.device or default_device()).type == 'cpu'
     if cpu and not (speed and speed.compile): threads = MemberThreads(len(members))  # compiled code is traced one thread at a time
     elif not cpu and speed and speed.streams: threads = MemberStreams(len(members), dls.device)

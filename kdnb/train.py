@@ -154,7 +154,7 @@ def _training_step(loss:nn.Module, params:dict, buffers:dict, groups:list[SGDGro
     grads, (value, terms) = torch.func.grad_and_value(f, has_aux=True)(params, buffers)
     with torch.no_grad():
         for g in groups: sgd_update([params[n] for n in g.names], [grads[n] for n in g.names], g.momentum_buffers, g.lr, g.momentum, g.wd)
-    return value.detach(), {k: v.detach() for k, v in terms.items()}
+    return value.detach(), torch.utils._pytree.tree_map(torch.Tensor.detach, terms)
 
 def step_graph_obstacle(learn:Learner) -> str:
     "Why the training step of `learn` cannot be one compiled function (speed option `step_graph`), or '' if it can."

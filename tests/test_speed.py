@@ -92,9 +92,10 @@ def test_gpu_paths(tmp_path):
         assert res['config']['precision'] == precision and 0 < res['last']['top1'] <= 1 and res['last']['train_loss'] == res['last']['train_loss']
     # fused students on the GPU, with CUDA graphs: one teacher pass feeding a logit method and a feature method (whose student's
     # hooks come after a hookless student of its class was compiled), each written to its own folder
-    run_kdnb('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'ResNet-8', '--method', 'KD,AT',
-             '--speed', 'fast,compile=reduce-overhead', '--precision', 'bf16', '--out', tmp_path/'fused', *common, check=True, timeout=900)
-    for m in ('KD', 'AT'): assert json.loads((tmp_path/'fused'/m/'results.json').read_text())['config']['method'] == m
+    for out, speed in (('fused', 'fast,compile=reduce-overhead'), ('fused-step', 'fast,compile=reduce-overhead,step_graph')):  # the second: one graph a step
+        run_kdnb('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'ResNet-8', '--method', 'KD,AT',
+                 '--speed', speed, '--precision', 'bf16', '--out', tmp_path/out, *common, check=True, timeout=900)
+        for m in ('KD', 'AT'): assert json.loads((tmp_path/out/m/'results.json').read_text())['config']['method'] == m
 
 class CudaSyncs:
     "CUDA's own count of the operations that wait for the GPU (`torch.cuda.set_sync_debug_mode`): what `HostReads` cannot see too."
