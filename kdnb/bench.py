@@ -21,7 +21,7 @@ from .data import ImageArrayDataset, WithIndex, cifar_transforms, indexed_datalo
 from .models.core import create_model
 from .losses import kd_loss
 from .config import Recipe, RunConfig
-from .fast import parse_speed, prepare_models, array_dataloaders, load_or_build_cache
+from .fast import Speed, parse_speed, prepare_models, array_dataloaders, load_or_build_cache
 
 # %% auto #0
 __all__ = ['BF16_PEAK_TFLOPS', 'MAIN_METHODS', 'bf16_peak_tflops', 'forward_flops', 'ReferenceLoop', 'StepTimer', 'KdnbLoop',
@@ -362,8 +362,8 @@ def _dispatch_loops(steps:int) -> dict:
     from kdnb.distill import distill_learner, make_method
     ds = synthetic_cifar(64 * steps)
     dls = array_dataloaders(ds, ds, CIFAR100_STATS, 64, 'cpu', 64, num_classes=100)
-    def learner(lean:bool):
-        learn = distill_learner(dls, _Probe(), _Probe().eval(), make_method('KD', 'probe', 'probe')[0], Recipe(), tempfile.mkdtemp())[0]
+    def learner(lean:bool, speed=None):
+        learn = distill_learner(dls, _Probe(), _Probe().eval(), make_method('KD', 'probe', 'probe')[0], Recipe(), tempfile.mkdtemp(), speed=speed)[0]
         if not lean:  # fastai's own event dispatch and Recorder: all that LeanLearner changes
             learn.__class__ = Learner; learn.remove_cb(Recorder); learn.add_cb(Recorder())
         return learn
@@ -377,11 +377,12 @@ def _dispatch_loops(steps:int) -> dict:
             z = s(x)
             loss = 0.1 * F.cross_entropy(z, y) + 0.9 * kd_loss(z, tz, 4.)
             opt.zero_grad(); loss.backward(); opt.step()
-    fastai_learn, lean_learn = learner(False), learner(True)
-    return {"fastai's Learner": lambda: fit(fastai_learn), 'LeanLearner': lambda: fit(lean_learn), 'hand-written loop': by_hand}
+    fastai_learn, lean_learn, graph_learn = learner(False), learner(True), learner(True, Speed(step_graph=True))
+    return {"fastai's Learner": lambda: fit(fastai_learn), 'LeanLearner': lambda: fit(lean_learn), '+ step_graph': lambda: fit(graph_learn),
+            'hand-written loop': by_hand}
 
 def dispatch_bench(steps:int=100, rounds:int=5, print_=print) -> dict:
-    "The loop's time per training step (ms) with fastai's `Learner`, `LeanLearner` and by hand, medians of interleaved rounds (CPU, one thread)."
+    "The loop's time per training step (ms) with fastai's `Learner`, `LeanLearner` (also with its whole step compiled) and by hand, medians of interleaved rounds (CPU, one thread)."
     for k, v in (('steps', steps), ('rounds', rounds)): check_number(k, v, minimum=1, integer=True)
     threads = torch.get_num_threads(); torch.set_num_threads(1)
     try:
@@ -392,7 +393,8 @@ def dispatch_bench(steps:int=100, rounds:int=5, print_=print) -> dict:
     finally: torch.set_num_threads(threads)
     med = {k: float(np.median(v)) for k, v in ms.items()}
     for k, v in med.items(): print_(f"{k:20s} {v:6.2f} ms/step")
-    fastai_own, lean_own = (med[k] - med['hand-written loop'] for k in ("fastai's Learner", 'LeanLearner'))
-    print_(f"the loop's own time per step over the hand-written one: fastai's Learner {fastai_own:.2f} ms, LeanLearner {lean_own:.2f} ms "
+    fastai_own, lean_own, graph_own = (med[k] - med['hand-written loop'] for k in ("fastai's Learner", 'LeanLearner', '+ step_graph'))
+    print_(f"the loop's own time per step over the hand-written one: fastai's Learner {fastai_own:.2f} ms, LeanLearner {lean_own:.2f} ms, "
+           f"with step_graph {graph_own:.2f} ms "
            f"(KD, batch 64, networks too small to matter, median of {rounds} interleaved rounds)")
     return med

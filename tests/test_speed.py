@@ -31,8 +31,9 @@ def test_bench_profile_shows_where_a_step_goes():
 def test_bench_dispatch_prints_the_loops_own_time():
     "`kdnb bench --dispatch`: fastai's Learner, LeanLearner and a hand-written loop, per step, and the loop's own time over the hand-written one."
     lines = run_kdnb('bench', '--dispatch', '--steps', '5', '--rounds', '1', check=True).stdout.strip().splitlines()
-    assert [l.split('  ')[0] for l in lines[-4:-1]] == ["fastai's Learner", 'LeanLearner', 'hand-written loop'], lines
-    assert re.match(r"the loop's own time per step over the hand-written one: fastai's Learner -?\d+\.\d\d ms, LeanLearner -?\d+\.\d\d ms", lines[-1]), lines[-1]
+    assert [l.split('  ')[0] for l in lines[-5:-1]] == ["fastai's Learner", 'LeanLearner', '+ step_graph', 'hand-written loop'], lines
+    assert re.match(r"the loop's own time per step over the hand-written one: fastai's Learner -?\d+\.\d\d ms, LeanLearner -?\d+\.\d\d ms, "
+                    r"with step_graph -?\d+\.\d\d ms", lines[-1]), lines[-1]
 
 def test_distill_with_device_pipeline_and_teacher_cache(tmp_path):
     common = ['--epochs', '1', '--bs', '32', '--max-items', '64', '--no-progress', '--device', 'cpu']
