@@ -28,9 +28,9 @@ from .methods import Method, METHODS, create_method
 # %% auto #0
 __all__ = ['PAIR_HPARAMS', 'default_hparams', 'logits_features', 'DistillationModel', 'TeacherSource', 'batch_statistics',
            'OnlineTeacher', 'PeerTeacher', 'PrecomputedTeacher', 'CachedTeacher', 'default_source', 'set_context',
-           'Distiller', 'PeerAccuracy', 'distill_learner', 'precompute_teacher_logits', 'make_method', 'distill_speed',
-           'last_map_of', 'number_run_maps', 'distill_config', 'teacher_source', 'distill_networks', 'distill_model',
-           'run_pre_stages']
+           'check_step_graph', 'Distiller', 'PeerAccuracy', 'distill_learner', 'precompute_teacher_logits',
+           'make_method', 'distill_speed', 'last_map_of', 'number_run_maps', 'distill_config', 'teacher_source',
+           'distill_networks', 'distill_model', 'run_pre_stages']
 
 # %% ../nbs/10_distill.ipynb #dac2f577
 PAIR_HPARAMS = {('SRDwithDIST', 'WRN-40-4', 'WRN-16-2'): {'beta': 4.},
@@ -162,6 +162,11 @@ class _BatchLoss(nn.Module):
             if h: h.clear()
         return sum(terms.values()), terms
 
+def check_step_graph(methods:list[Method]):
+    "Refuse the speed option step_graph, naming the method and why, if one of `methods` cannot train in the compiled step."
+    if bad := next((m for m in methods if m.step_graph_obstacle), None):
+        raise KdnbError(f"{bad.method_name} cannot train with the speed option step_graph: {bad.step_graph_obstacle}; leave step_graph out")
+
 class Distiller(Callback):
     "Take the teacher's logits of every training batch from `source` (and its features, through hooks on its network) and train on the method's loss terms."
     order = 5  # after DatasetIndexCallback and TrainEval, before Recorder (metric names)
@@ -178,8 +183,7 @@ class Distiller(Callback):
         names = set(self.learn.metrics.attrgot('name'))
         self.learn.metrics += [ValueMetric(self._avg(k), k) for k in self.method.terms if k not in names]
         if (graph := getattr(self.learn, 'step_graph', None)) is not None:  # speed option step_graph: the whole step compiled
-            if why := self.method.step_graph_obstacle:
-                raise KdnbError(f"{self.method.method_name} cannot train with the speed option step_graph: {why}; leave step_graph out")
+            check_step_graph([self.method])
             graph.plug(_BatchLoss(self.learn.model, self.learn.loss_func, self.s_hooks, self.t_hooks), lambda: (self.teacher_features(),), self.add_terms)
     def _avg(self, k): return lambda: process_mean(self.sums[k]) / max(self.count, 1)
     def before_train(self):

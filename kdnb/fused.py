@@ -25,7 +25,7 @@ from .runs import prepare_run_dir, run_dir, load_weights, run_results, write_epo
 from .fast import Speed, prepare_models
 from .distributed import world_size
 from .distill import (DistillationModel, Distiller, logits_features, make_method, distill_speed, distill_config, teacher_source, default_source,
-                      run_pre_stages, set_context, distill_model, number_run_maps)
+                      run_pre_stages, set_context, distill_model, number_run_maps, check_step_graph)
 
 # %% auto #0
 __all__ = ['MemberThreads', 'MemberStreams', 'FusedStudents', 'fused_ce', 'member_labels', 'member_metric', 'FusedDistiller',
@@ -136,8 +136,7 @@ class FusedDistiller(Distiller):
         self.learn.metrics += [ValueMetric(self._avg(k, t), f'{lab}:{t}') for k, (lab, m) in enumerate(zip(self.labels, methods))
                                for t in ('train_loss', *m.terms)]
         if (graph := getattr(self.learn, 'step_graph', None)) is not None:  # speed option step_graph: every member's step in one
-            if bad := next((m for m in methods if m.step_graph_obstacle), None):
-                raise KdnbError(f"{bad.method_name} cannot train with the speed option step_graph: {bad.step_graph_obstacle}; leave step_graph out")
+            check_step_graph(methods)
             graph.plug(_FusedBatchLoss(self.learn.model, self.s_hooks, self.t_hooks), self.teacher_side, self.add_terms)
     def teacher_side(self) -> tuple:
         "The training batch's teacher logits, and its features for each kind of feature the members read."
