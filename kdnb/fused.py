@@ -108,13 +108,14 @@ def member_metric(k:int, fn, name:str) -> AvgMetric:
 # %% ../nbs/10a_fused.ipynb #17dee38a
 class _FusedBatchLoss(nn.Module):
     "The fused students' summed loss of a training batch, one module (for `StepGraph`): (x, y, teacher logits, teacher features) -> (loss, each member's terms)."
-    def __init__(self, fused:FusedStudents, s_hooks:list, t_hooks:dict): super().__init__(); self.fused, self.s_hooks, self.t_hooks = fused, s_hooks, t_hooks
+    def __init__(self, fused:FusedStudents, s_hooks:list, t_hooks:dict):
+        super().__init__(); self.fused, self.s_hooks, self.t_hooks, self.ce = fused, s_hooks, t_hooks, nn.CrossEntropyLoss()
     def forward(self, x, y, t_logits, t_feats:dict):
         losses, terms = [], []
         for member, hooks in zip(self.fused.members, self.s_hooks):  # in order, as `FusedStudents` runs a forward that draws
             z, m = member(x), member.method
             s = hooks.features(z) if hooks else logits_features(z)
-            got = m(s, t_feats[m.preact_teacher] if m.needs_features else logits_features(t_logits), y, F.cross_entropy(z, y))
+            got = m(s, t_feats[m.preact_teacher] if m.needs_features else logits_features(t_logits), y, self.ce(z, y))
             losses.append(loss := sum(got.values())); terms.append({'train_loss': loss.float(), **got})
         for h in [*self.s_hooks, *self.t_hooks.values()]:  # under torch.func no tensor of the step may outlive it
             if h: h.clear()
