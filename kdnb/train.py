@@ -7,7 +7,7 @@ Docs: https://kdnb-team.github.io/kdnb/train.html.md"""
 # %% ../nbs/07_train.ipynb #30c7729a
 from __future__ import annotations
 from .core import KdnbError, check_device, DirLock, save_json
-import math, random, sys, time
+import math, random, sys, time, types
 from functools import partial, wraps
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
@@ -167,14 +167,17 @@ def step_graph_obstacle(learn:Learner) -> str:
 class StepGraph(Callback):
     "Each training batch as one compiled call (speed option `step_graph`): forward, loss, gradient and SGD update, in place of fastai's forward, backward and step."
     order = 200  # after every callback that prepares a batch or times it: the step runs at the end of `before_batch`
-    def __init__(self, mode:str='default'): self.mode, self.plugged = mode, None
+    def __init__(self, mode:str='default'):
+        # dynamo keeps compiled graphs per code object and falls back to eager after 8 of them: with a copy of its own, each
+        # learner's step counts only its own graphs, however many runs (a bench's, the fused bench's seven) share the process
+        step = types.FunctionType(_training_step.__code__.replace(), _training_step.__globals__, _training_step.__name__)
+        self.train_step, self.plugged = torch.compile(step, mode=mode, dynamic=False), None
     def plug(self, loss:nn.Module, inputs:Callable, record:Callable):
         "Train on `loss`, a module around the learner's model mapping (x, y, *inputs()) to (loss, terms); hand each batch's terms to `record`."
         self.plugged = loss, inputs, record
     def before_fit(self):
         if why := step_graph_obstacle(self.learn): raise KdnbError(f"this run cannot train with the speed option step_graph: {why}; leave step_graph out")
         self.batch_loss, self.inputs, self.record = self.plugged or (_ModelLoss(self.learn.model, self.learn.loss_func), tuple, noop)
-        self.train_step = torch.compile(_training_step, mode=self.mode, dynamic=False)
     def before_train(self):
         # the optimiser's own tensors, read each epoch: a resumed run has just loaded its state
         self.sgd, names = getattr(self.learn.opt, 'opt', self.learn.opt), {id(p): n for n, p in self.batch_loss.named_parameters()}
