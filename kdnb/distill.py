@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 import torch, torch.nn as nn
-from fastai.callback.core import Callback, CancelBatchException
+from fastai.callback.core import Callback
 from fastai.learner import Learner, ValueMetric, Metric
 from fastai.torch_core import set_seed, default_device, one_param
 from .models.core import Features, FeatureHooks, feature_spec, create_model, number_maps

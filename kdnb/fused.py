@@ -25,7 +25,7 @@ from .runs import prepare_run_dir, run_dir, load_weights, run_results, write_epo
 from .fast import Speed, prepare_models
 from .distributed import world_size
 from .distill import (DistillationModel, Distiller, logits_features, make_method, distill_speed, distill_config, teacher_source, default_source,
-                      run_pre_stages, set_context, distill_model, number_run_maps, check_step_graph)
+                      run_pre_stages, set_context, distill_model, number_run_maps, check_step_graph, _BatchLoss)
 
 # %% auto #0
 __all__ = ['MemberThreads', 'MemberStreams', 'FusedStudents', 'fused_ce', 'member_labels', 'member_metric', 'FusedDistiller',
@@ -107,18 +107,18 @@ def member_metric(k:int, fn, name:str) -> AvgMetric:
 
 # %% ../nbs/10a_fused.ipynb #17dee38a
 class _FusedBatchLoss(nn.Module):
-    "The fused students' summed loss of a training batch, one module (for `StepGraph`): (x, y, teacher logits, teacher features) -> (loss, each member's terms)."
+    "The fused students' summed loss of a training batch, one module (for `StepGraph`): each member's `_BatchLoss` on the teacher features its method reads."
     def __init__(self, fused:FusedStudents, s_hooks:list, t_hooks:dict):
-        super().__init__(); self.fused, self.s_hooks, self.t_hooks, self.ce = fused, s_hooks, t_hooks, nn.CrossEntropyLoss()
+        super().__init__()
+        self.losses = nn.ModuleList(_BatchLoss(m, nn.CrossEntropyLoss(), h) for m, h in zip(fused.members, s_hooks))
+        self.t_hooks = t_hooks
     def forward(self, x, y, t_logits, t_feats:dict):
         losses, terms = [], []
-        for member, hooks in zip(self.fused.members, self.s_hooks):  # in order, as `FusedStudents` runs a forward that draws
-            z, m = member(x), member.method
-            s = hooks.features(z) if hooks else logits_features(z)
-            got = m(s, t_feats[m.preact_teacher] if m.needs_features else logits_features(t_logits), y, self.ce(z, y))
-            losses.append(loss := sum(got.values())); terms.append({'train_loss': loss.float(), **got})
-        for h in [*self.s_hooks, *self.t_hooks.values()]:  # under torch.func no tensor of the step may outlive it
-            if h: h.clear()
+        for member in self.losses:  # in order, as `FusedStudents` runs a forward that draws
+            m = member.model.method
+            loss, got = member(x, y, t_feats[m.preact_teacher] if m.needs_features else logits_features(t_logits))
+            losses.append(loss); terms.append({'train_loss': loss.float(), **got})
+        for h in self.t_hooks.values(): h.clear()  # under torch.func no tensor of the step may outlive it
         return sum(losses), terms
 
 class FusedDistiller(Distiller):
