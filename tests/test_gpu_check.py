@@ -50,3 +50,12 @@ assert out.cells[0].outputs[0]['text'].strip() == '42'
     r = subprocess.run([py, '-c', "from conftest import run_kdnb; print(run_kdnb('datasets', check=True).stdout)"],
                        env={**env, 'PYTHONPATH': f"{carried}:{ROOT}:{ROOT/'tests'}"}, capture_output=True, text=True, timeout=300, cwd=tmp)
     assert r.returncode == 0 and 'cifar10-subset' in r.stdout, r.stdout + r.stderr
+
+def test_budget_leaves_steps_for_another_call(tmp_path):
+    "A check out of time skips what no longer fits, says so in its report and on exit, and names the steps to run in a second call."
+    r = subprocess.run(['bash', ROOT/'.ci'/'gpu-check', tmp_path], env={**os.environ, 'GPU_CHECK_STEPS': 'env,dispatch', 'GPU_CHECK_BUDGET': '20'},
+                       capture_output=True, text=True, timeout=60)
+    report = (tmp_path/'gpu-check.md').read_text()
+    assert r.returncode == 3, (r.returncode, report)
+    assert '## Environment: skipped' in report and '## kdnb bench --dispatch' in report, report
+    assert report.rstrip().endswith('GPU_CHECK_STEPS=install,env,dispatch bash .ci/gpu-check DIR'), report
