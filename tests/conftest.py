@@ -84,3 +84,26 @@ def two_cell_grid(**over) -> str:
     ResNet-8), with top-level settings replaced (YAML values as written)."""
     lines = [l for l in TWO_CELL_GRID.splitlines() if l.split(':')[0] not in over]
     return '\n'.join([f"{k}: {v}" for k, v in over.items()] + lines) + '\n'
+
+class WrittenInputs:
+    "Context manager recording, for each graph inductor compiles, the names of its inputs that the graph writes to and that are not static: CUDA graph trees (compile's reduce-overhead) refuse a graph with any, or copy them in and out each call."
+    def __enter__(self):
+        import inspect, torch
+        from torch._inductor import output_code
+        self._stack, self.graphs = contextlib.ExitStack(), []  # [(names of the inputs written to, names of those not static)]
+        # compiled afresh, not loaded from inductor's caches, so that every graph passes through the constructor watched
+        self._stack.enter_context(torch._inductor.config.patch(fx_graph_cache=False))
+        self._stack.enter_context(torch._functorch.config.patch(enable_autograd_cache=False))
+        cls, init = output_code.CompiledFxGraph, output_code.CompiledFxGraph.__init__
+        sig = inspect.signature(init)
+        assert {'gm', 'static_input_idxs'} <= set(sig.parameters), f"torch {torch.__version__} changed CompiledFxGraph: update this check"
+        def watched(graph, *args, **kwargs):
+            init(graph, *args, **kwargs)
+            given = sig.bind(graph, *args, **kwargs).arguments
+            names = [n.name for n in given['gm'].graph.nodes if n.op == 'placeholder']
+            written = [names[i] for i in graph.mutated_input_idxs]
+            self.graphs.append((written, [names[i] for i in graph.mutated_input_idxs if i not in set(given['static_input_idxs'])]))
+        cls.__init__ = watched
+        self._stack.callback(setattr, cls, '__init__', init)
+        return self
+    def __exit__(self, *exc): self._stack.close()

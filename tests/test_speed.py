@@ -1,7 +1,7 @@
 "Speed options end to end: `kdnb bench`, the device pipeline and the teacher cache through `kdnb distill`, and the GPU checks."
-import contextlib, json, re
+import json, re
 import pytest, torch
-from conftest import run_kdnb, has_cuda
+from conftest import run_kdnb, has_cuda, WrittenInputs
 from test_cli import one_line_error
 
 def test_bench_cpu_prints_ratio():
@@ -73,29 +73,6 @@ def test_compile_on_cpu(tmp_path):
     from kdnb.fused import distill_fused, fused_configs
     fused = distill_fused(fused_configs(RunConfig(method='KD', out=tmp_path/'fused', speed='off,compile', **common), ['KD', 'AT']))
     assert [r['config']['method'] for r in fused] == ['KD', 'AT'] and all(r['last']['train_loss'] > 0 for r in fused), fused
-
-class WrittenInputs:
-    "Context manager recording, for each graph inductor compiles, the names of its inputs that the graph writes to and that are not static: CUDA graph trees (compile's reduce-overhead) refuse a graph with any, or copy them in and out each call."
-    def __enter__(self):
-        import inspect
-        from torch._inductor import output_code
-        self._stack, self.graphs = contextlib.ExitStack(), []  # [(names of the inputs written to, names of those not static)]
-        # compiled afresh, not loaded from inductor's caches, so that every graph passes through the constructor watched
-        self._stack.enter_context(torch._inductor.config.patch(fx_graph_cache=False))
-        self._stack.enter_context(torch._functorch.config.patch(enable_autograd_cache=False))
-        cls, init = output_code.CompiledFxGraph, output_code.CompiledFxGraph.__init__
-        sig = inspect.signature(init)
-        assert {'gm', 'static_input_idxs'} <= set(sig.parameters), f"torch {torch.__version__} changed CompiledFxGraph: update this check"
-        def watched(graph, *args, **kwargs):
-            init(graph, *args, **kwargs)
-            given = sig.bind(graph, *args, **kwargs).arguments
-            names = [n.name for n in given['gm'].graph.nodes if n.op == 'placeholder']
-            written = [names[i] for i in graph.mutated_input_idxs]
-            self.graphs.append((written, [names[i] for i in graph.mutated_input_idxs if i not in set(given['static_input_idxs'])]))
-        cls.__init__ = watched
-        self._stack.callback(setattr, cls, '__init__', init)
-        return self
-    def __exit__(self, *exc): self._stack.close()
 
 def test_step_graph_suits_cuda_graphs(tmp_path):
     "The CPU twin of CUDA graph trees accepting the whole step (speed option step_graph): one graph a step, writing only static inputs (parameters, buffers, momentum)."

@@ -61,7 +61,7 @@ class Method(nn.Module):
     paper: str = ''  # the paper it comes from, for listings (`kdnb methods`)
     optional: tuple = ()  # hyper-parameters added after runs were recorded: listed only when set away from their default
     # the training context, set by the `Distiller` before every training batch (read-only for the method)
-    epoch: int = 0  # the current epoch of the stage, from 0, counting the epochs of a resumed run
+    _epoch: int = 0
     n_epochs: int = 0  # the stage's length in epochs
     step: int = 0  # training batches of the stage before this one
     batch_index: torch.Tensor|None = None  # the batch's dataset indices
@@ -69,6 +69,19 @@ class Method(nn.Module):
     task_terms: tuple = ()  # terms whose gradient the optimiser takes apart from the others' (DOT); empty: one backward of the sum
     per_process_state: str = ''  # why its state cannot be split over the processes of a DDP run (CRD's memory bank), if so
     gpu_sync: str = ''  # why its training batch waits for the GPU (an operation that synchronises a CUDA device with the host), if it does
+    def __init__(self):
+        super().__init__()
+        # the epoch as a tensor too: a loss that changes with it reads this one, so that a compiled training step (speed option
+        # step_graph) takes each epoch's value as an input instead of being compiled again for each epoch
+        self.register_buffer('epoch_now', torch.zeros(()), persistent=False)
+    @property
+    def epoch(self) -> int: "The current epoch of the stage, from 0, counting the epochs of a resumed run."; return self._epoch
+    @epoch.setter
+    def epoch(self, e:int):
+        if e != self._epoch: self._epoch = e; self.epoch_now.fill_(e)
+    def linear_warmup(self, epochs:int) -> torch.Tensor|float:
+        "A loss weight rising linearly to 1 over the first `epochs` epochs (1 if `epochs` is 0): min(1, (epoch + 1) / epochs), read from `epoch_now`."
+        return ((self.epoch_now + 1) / epochs).clamp(max=1.) if epochs else 1.
     def setup(self, s:Features, t:Features): "Build connectors from example features (shapes only); raise `KdnbError` if the networks cannot serve."
     def forward(self, s:Features, t:Features, y:torch.Tensor, ce:torch.Tensor) -> dict: raise NotImplementedError
     def pre_stages(self) -> list[Stage]: "Stages to train, in order, before the main one."; return []

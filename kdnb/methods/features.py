@@ -256,7 +256,6 @@ class ReviewKD(FeatureKD):
         ss, ts = self.levels(s, t)
         mid = min(512, ss[-1].shape[1])
         self.abfs = nn.ModuleList(ABF(a.shape[1], mid, b.shape[1], fuse=i < len(ss) - 1) for i, (a, b) in enumerate(zip(ss, ts)))
-    def warmup_weight(self) -> float: return min(1., (self.epoch + 1) / self.warmup) if self.warmup else 1.
     def feature_loss(self, s, t):
         ss, ts = self.levels(s, t)
         out, fused = self.abfs[-1](ss[-1], out_size=ts[-1].shape[-2:])
@@ -267,4 +266,4 @@ class ReviewKD(FeatureKD):
         return hcl_loss(results, ts)
     def forward(self, s, t, y, ce):
         terms = super().forward(s, t, y, ce)
-        return {**terms, 'review': self.warmup_weight() * terms['review']}
+        return {**terms, 'review': self.linear_warmup(self.warmup) * terms['review']}

@@ -65,10 +65,9 @@ class DKD(Method):
     def __init__(self, alpha:float=1., beta:float=8., T:float=4., gamma:float=1., warmup:int=20, logit_stand:bool=False):
         super().__init__()
         self.alpha, self.beta, self.T, self.gamma, self.warmup, self.logit_stand = alpha, beta, T, gamma, warmup, logit_stand
-    def warmup_weight(self) -> float: return min(1., (self.epoch + 1) / self.warmup) if self.warmup else 1.
     def forward(self, s, t, y, ce):
         tckd, nckd = dkd_terms(s.logits, t.logits, y, self.T, self.logit_stand)
-        w = self.warmup_weight()
+        w = self.linear_warmup(self.warmup)
         return {'ce': self.gamma * ce, 'tckd': w * self.alpha * tckd, 'nckd': w * self.beta * nckd}
 
 # %% ../../nbs/09c_methods.logits.ipynb #0193e9b3
