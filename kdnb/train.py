@@ -171,14 +171,14 @@ class StepGraph(Callback):
         # dynamo keeps compiled graphs per code object and falls back to eager after 8 of them: with a copy of its own, each
         # learner's step counts only its own graphs, however many runs (a bench's, the fused bench's seven) share the process
         step = types.FunctionType(_training_step.__code__.replace(), _training_step.__globals__, _training_step.__name__)
-        self.train_step, self.plugged, self.rates = torch.compile(step, mode=mode, dynamic=False), None, {}
+        self.train_step, self.code, self.plugged, self.rates = torch.compile(step, mode=mode, dynamic=False), step.__code__, None, {}
     def plug(self, loss:nn.Module, inputs:Callable, record:Callable):
         "Train on `loss`, a module around the learner's model mapping (x, y, *inputs()) to (loss, terms); hand each batch's terms to `record`."
         self.plugged = loss, inputs, record
     def before_fit(self):
         if why := step_graph_obstacle(self.learn): raise KdnbError(f"this run cannot train with the speed option step_graph: {why}; leave step_graph out")
         self.batch_loss, self.inputs, self.record = self.plugged or (_ModelLoss(self.learn.model, self.learn.loss_func), tuple, noop)
-        self.rates = {}
+        self.rates, self.graphs = {}, None
     def before_train(self):
         # the optimiser's own tensors, read each epoch: a resumed run has just loaded its state
         self.sgd, names = getattr(self.learn.opt, 'opt', self.learn.opt), {id(p): n for n, p in self.batch_loss.named_parameters()}
@@ -207,6 +207,14 @@ class StepGraph(Callback):
         self.learn.loss = self.learn.loss_grad = loss
         self.record(terms)
         raise CancelBatchException()  # the step is done: fastai's forward, backward and step are skipped, `after_batch` still runs
+    def after_train(self):
+        # the fit's first epoch has seen every batch shape: a graph compiled in a later one means that a value the step reads
+        # as a Python number changed, and each epoch would compile the step again (past 8 graphs, dynamo runs it uncompiled)
+        n = len(torch._dynamo.eval_frame._debug_get_cache_entry_list(self.code))
+        if self.graphs is not None and n > self.graphs:
+            print(f"warning: the training step (speed option step_graph) was compiled again in epoch {self.epoch}: a number it reads in "
+                  f"Python changed, such as an epoch count in a loss; read it from a tensor instead (as methods read `epoch_now`)")
+        self.graphs = n
 
 # %% ../nbs/07_train.ipynb #bfb00a26
 def make_learner(dls, model:nn.Module, recipe:Recipe, out, cbs=(), metrics=None, splitter=None, speed:Speed|None=None, opt_func=None,
