@@ -25,8 +25,9 @@ from .fast import Speed, parse_speed, prepare_models, array_dataloaders, load_or
 
 # %% auto #0
 __all__ = ['BF16_PEAK_TFLOPS', 'MAIN_METHODS', 'bf16_peak_tflops', 'forward_flops', 'ReferenceLoop', 'StepTimer', 'KdnbLoop',
-           'variants', 'parse_pair', 'synthetic_cifar', 'run_bench', 'accuracy_check', 'run_fused_bench', 'name_events',
-           'StepProfiler', 'host_times', 'profile_bench', 'data_bench', 'dispatch_bench']
+           'variants', 'parse_pair', 'synthetic_cifar', 'run_bench', 'accuracy_check', 'run_fused_bench',
+           'GraphedKDSteps', 'overlap_bench', 'name_events', 'StepProfiler', 'host_times', 'profile_bench',
+           'data_bench', 'dispatch_bench']
 
 # %% ../nbs/15_bench.ipynb #c1c330bf
 BF16_PEAK_TFLOPS = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., '4090': 165.}
@@ -265,6 +266,66 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
         print_(f"one CUDA stream per student (speed option streams): {np.median(r):.2f}x the speed of the fused run on one stream (range {r.min():.2f}-{r.max():.2f})")
     r = np.sum([secs[m] for m in methods], axis=0) / fused
     print_(f"speed-up of fused over one after another: {np.median(r):.2f}x ({len(methods)} students, median of {rounds} rounds; range {r.min():.2f}-{r.max():.2f})")
+    return secs
+
+# %% ../nbs/15_bench.ipynb #3128ff41
+class GraphedKDSteps:
+    "One teacher forward and the KD training steps of `students` on a fixed batch, recorded once as one CUDA graph: all on one stream, or (`streams`) each student on its own."
+    def __init__(self, teacher:nn.Module, students:list[nn.Module], x:torch.Tensor, y:torch.Tensor, streams:bool=False):
+        self.teacher, self.students, self.x, self.y = teacher, students, x, y
+        self.opts = [torch.optim.SGD(s.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4) for s in students]
+        self.streams = [torch.cuda.Stream(x.device) for _ in students] if streams else None
+        side = torch.cuda.Stream(x.device)  # warmed up off the default stream, as PyTorch's CUDA graph recipe asks
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3): self.step()  # cuDNN's autotuning, the gradients and momentum buffers, the allocator's blocks
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph): self.step()
+    def _train(self, k:int):
+        z = self.students[k](self.x)
+        (0.1 * F.cross_entropy(z, self.y) + 0.9 * kd_loss(z, self.t, 4.)).backward()
+        self.opts[k].step(); self.opts[k].zero_grad(set_to_none=False)  # the gradients stay where the graph wrote them
+    def step(self):
+        with torch.no_grad(): self.t = self.teacher(self.x)  # kept on `self`: every student's stream reads it
+        if self.streams is None:
+            for k in range(len(self.students)): self._train(k)
+            return
+        main = torch.cuda.current_stream()
+        for k, s in enumerate(self.streams):
+            s.wait_stream(main)
+            with torch.cuda.stream(s): self._train(k)  # autograd runs the backward pass on its forward's stream
+        for s in self.streams: main.wait_stream(s)
+    def time(self, n:int) -> float:
+        "Seconds for `n` replays of the step."
+        torch.cuda.synchronize(self.x.device); t0 = time.perf_counter()
+        for _ in range(n): self.graph.replay()
+        torch.cuda.synchronize(self.x.device)
+        return time.perf_counter() - t0
+
+def overlap_bench(device=None, pair:str|None=None, students:int=6, steps:int=100, rounds:int=3, bs:int=64, print_=print) -> dict:
+    "Time one KD run's step and `students` KD students' fused step, on one stream and on a stream each, each one CUDA graph; print the ratios. Returns {name: [seconds per round]}."
+    device, t_name, s_name = _device_and_pair(device, pair)
+    if device.type != 'cuda': raise KdnbError("kdnb bench --overlap times CUDA streams inside CUDA graphs: it needs a CUDA GPU (--device cuda)")
+    for k, v in (('students', students), ('steps', steps), ('rounds', rounds), ('bs', bs)): check_number(k, v, minimum=1, integer=True)
+    torch.backends.cudnn.benchmark = True
+    def net(name): return create_model(name, 100).to(device, memory_format=torch.channels_last)
+    teacher, nets = net(t_name).eval(), [net(s_name) for _ in range(students)]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(bs, 3, 32, 32, generator=g).to(device, memory_format=torch.channels_last)
+    y = torch.randint(0, 100, (bs,), generator=g).to(device)
+    print_(f"kdnb bench --overlap: {t_name} -> {s_name}, {students} KD students, batch {bs}, {torch.cuda.get_device_name(device)}: each step "
+           f"(teacher forward, each student's forward, backward and SGD) one CUDA graph; {rounds} interleaved rounds of {steps} steps")
+    one, many = f'{students} students, one stream', f'{students} students, a stream each'
+    loops = {'one KD run': GraphedKDSteps(teacher, nets[:1], x, y), one: GraphedKDSteps(teacher, nets, x, y),
+             many: GraphedKDSteps(teacher, nets, x, y, streams=True)}
+    secs = {k: [] for k in loops}
+    for _ in range(rounds):
+        for k, loop in loops.items(): secs[k].append(loop.time(steps))
+    for k, v in secs.items(): print_(f"{k:28s} {steps * bs / np.median(v):9.0f} img/s  {np.median(v) / steps * 1e3:8.2f} ms/step")
+    kd, a, b = (np.array(secs[k]) for k in loops)
+    print_(f"the fused step takes {np.median(a / kd):.2f}x the time of one KD run on one stream, {np.median(b / kd):.2f}x on a stream each")
+    print_(f"overlap: a stream each runs the students {np.median(a / b):.2f}x faster than one stream (median of {rounds} rounds; range {(a / b).min():.2f}-{(a / b).max():.2f})")
     return secs
 
 # %% ../nbs/15_bench.ipynb #53adbd65

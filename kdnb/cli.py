@@ -134,6 +134,9 @@ def _bench_command(sub):
     b.add_argument('--images', type=positive, help='synthetic dataset size (default 50000 on a GPU, 2048 on a CPU)')
     b.add_argument('--check-accuracy', action='store_true', help='also train plain and fast paths 3 epochs on the embedded subset and compare loss curves')
     b.add_argument('--fused', action='store_true', help="instead: a benchmark row's students (--methods) one after another vs one fused run")
+    b.add_argument('--overlap', action='store_true', help="instead: how far students on CUDA streams of their own overlap on the GPU: one KD "
+                   "run's step vs --students KD students' fused step, on one stream and on a stream each, each step one CUDA graph")
+    b.add_argument('--students', type=positive, help='with --overlap: the students of the fused step (default 6, the main table but DML)')
     b.add_argument('--dispatch', action='store_true', help="instead: the training loop's own time per step (fastai's Learner, kdnb's LeanLearner, "
                    "a hand-written loop; CPU), which limits a GPU step of a few milliseconds")
     b.add_argument('--data', metavar='DATASET', help='instead: time the training data pipeline of DATASET alone (decoding and augmentation in --workers processes)')
@@ -238,7 +241,9 @@ def _grid_table(a):
     print(md.read_text()); print(f"written: {md} and {csv}" + (', and table.md/table.csv in each grid directory' if len(a.out) > 1 else ''))
 
 def _bench(a):
-    from kdnb.bench import run_bench, run_fused_bench, profile_bench, data_bench, dispatch_bench, MAIN_METHODS
+    from kdnb.bench import run_bench, run_fused_bench, profile_bench, data_bench, dispatch_bench, overlap_bench, MAIN_METHODS
+    if a.students and not a.overlap: raise KdnbError("--students goes with --overlap")
+    if a.overlap: return overlap_bench(a.device, a.pair, a.students or len(MAIN_METHODS), a.steps or 100, a.rounds or 3, a.bs) and None
     if a.data: return data_bench(a.data, a.data_root, a.bs, a.workers, a.steps or 20) and None
     if a.dispatch: return dispatch_bench(a.steps or 100, a.rounds or 5) and None
     if (a.methods or a.speed) and not (a.fused or a.profile): raise KdnbError("--methods and --speed go with --fused or --profile")

@@ -187,3 +187,16 @@ def test_fused_students_on_streams():
     assert isinstance(each.model.threads, MemberStreams) and not isinstance(one.model.threads, MemberStreams)
     for a, b in zip(one.model.members, each.model.members):
         for p, q in zip(a.student.parameters(), b.student.parameters()): assert torch.allclose(p, q, atol=1e-5), (p - q).abs().max()
+
+def test_overlap_bench_needs_cuda(kdnb_main):
+    one_line_error(kdnb_main('bench', '--overlap', '--device', 'cpu'), 'it needs a CUDA GPU', '--device cuda')
+    one_line_error(kdnb_main('bench', '--students', '3'), '--students goes with --overlap')
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_cuda(), reason='needs a CUDA GPU')
+def test_overlap_bench_on_the_gpu():
+    "Students on streams of their own, each step one CUDA graph: the three variants timed, and the ratios printed."
+    r = run_kdnb('bench', '--overlap', '--pair', 'ResNet-8:ResNet-8', '--students', '2', '--steps', '5', '--rounds', '2', check=True)
+    lines = r.stdout.strip().splitlines()
+    assert [l.split('  ')[0] for l in lines[1:4]] == ['one KD run', '2 students, one stream', '2 students, a stream each'], r.stdout
+    assert re.fullmatch(r'overlap: a stream each runs the students \d+\.\d\dx faster than one stream \(median of 2 rounds; range \d+\.\d\d-\d+\.\d\d\)', lines[-1]), r.stdout
