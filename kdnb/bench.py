@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/bench.html.md"""
 
 # %% ../nbs/15_bench.ipynb #b1f74a7c
 from __future__ import annotations
-import tempfile, time
+import copy, tempfile, time
 from pathlib import Path
 from typing import Callable
 from .core import KdnbError, check_number, check_device
@@ -26,8 +26,8 @@ from .fast import Speed, parse_speed, prepare_models, array_dataloaders, load_or
 # %% auto #0
 __all__ = ['BF16_PEAK_TFLOPS', 'MAIN_METHODS', 'bf16_peak_tflops', 'forward_flops', 'ReferenceLoop', 'StepTimer', 'KdnbLoop',
            'variants', 'parse_pair', 'synthetic_cifar', 'run_bench', 'accuracy_check', 'run_fused_bench',
-           'GraphedKDSteps', 'overlap_bench', 'name_events', 'StepProfiler', 'host_times', 'profile_bench',
-           'data_bench', 'dispatch_bench']
+           'StackedStudents', 'GraphedKDSteps', 'overlap_bench', 'name_events', 'StepProfiler', 'host_times',
+           'profile_bench', 'data_bench', 'dispatch_bench']
 
 # %% ../nbs/15_bench.ipynb #c1c330bf
 BF16_PEAK_TFLOPS = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., '4090': 165.}
@@ -269,12 +269,26 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
     return secs
 
 # %% ../nbs/15_bench.ipynb #3128ff41
+class StackedStudents:
+    "Students of one architecture run as one network (`torch.func.stack_module_state` and `vmap`): each layer once for all of them, a convolution as one grouped convolution."
+    def __init__(self, students:list[nn.Module]):
+        self.params, self.buffers = torch.func.stack_module_state(students)  # copies, one tensor per name with the students along dim 0
+        self.base = copy.deepcopy(students[0]).to('meta')  # the architecture alone: every tensor comes from the stacks
+    def _one(self, params, buffers, x): return torch.func.functional_call(self.base, (params, buffers), (x,))
+    def __call__(self, x:torch.Tensor) -> torch.Tensor:
+        "Every student's logits of `x`: (students, batch, classes)."
+        return torch.vmap(self._one, in_dims=(0, 0, None))(self.params, self.buffers, x)
+
 class GraphedKDSteps:
-    "One teacher forward and the KD training steps of `students` on a fixed batch, recorded once as one CUDA graph: all on one stream, or (`streams`) each student on its own."
-    def __init__(self, teacher:nn.Module, students:list[nn.Module], x:torch.Tensor, y:torch.Tensor, streams:bool=False):
-        self.teacher, self.students, self.x, self.y = teacher, students, x, y
-        self.opts = [torch.optim.SGD(s.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4) for s in students]
-        self.streams = [torch.cuda.Stream(x.device) for _ in students] if streams else None
+    "One teacher forward and the KD training steps of `students` on a fixed batch, on a GPU recorded once as one CUDA graph; `layout`: the students one after another ('one'), each on a CUDA stream of its own ('streams'), or as one network (`StackedStudents`, 'stacked')."
+    def __init__(self, teacher:nn.Module, students:list[nn.Module], x:torch.Tensor, y:torch.Tensor, layout:str='one'):
+        self.teacher, self.x, self.y, self.layout = teacher, x, y, layout
+        self.students = [StackedStudents(students)] if layout == 'stacked' else students
+        params = [s.params.values() if layout == 'stacked' else s.parameters() for s in self.students]
+        self.opts = [torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4) for p in params]
+        self.streams = [torch.cuda.Stream(x.device) for _ in students] if layout == 'streams' else None
+        self.graph = None
+        if not x.is_cuda: return  # each step runs as it is called
         side = torch.cuda.Stream(x.device)  # warmed up off the default stream, as PyTorch's CUDA graph recipe asks
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -284,7 +298,9 @@ class GraphedKDSteps:
         with torch.cuda.graph(self.graph): self.step()
     def _train(self, k:int):
         z = self.students[k](self.x)
-        (0.1 * F.cross_entropy(z, self.y) + 0.9 * kd_loss(z, self.t, 4.)).backward()
+        n = z.shape[0] if z.ndim == 3 else 1  # stacked: every student's logits at once, their losses summed
+        z = z.flatten(0, -2)
+        (n * (0.1 * F.cross_entropy(z, self.y.repeat(n)) + 0.9 * kd_loss(z, self.t.repeat(n, 1), 4.))).backward()
         self.opts[k].step(); self.opts[k].zero_grad(set_to_none=False)  # the gradients stay where the graph wrote them
     def step(self):
         with torch.no_grad(): self.t = self.teacher(self.x)  # kept on `self`: every student's stream reads it
@@ -297,14 +313,14 @@ class GraphedKDSteps:
             with torch.cuda.stream(s): self._train(k)  # autograd runs the backward pass on its forward's stream
         for s in self.streams: main.wait_stream(s)
     def time(self, n:int) -> float:
-        "Seconds for `n` replays of the step."
-        torch.cuda.synchronize(self.x.device); t0 = time.perf_counter()
-        for _ in range(n): self.graph.replay()
-        torch.cuda.synchronize(self.x.device)
+        "Seconds for `n` steps (replays of the graph on a GPU)."
+        _sync(self.x.device); t0 = time.perf_counter()
+        for _ in range(n): self.graph.replay() if self.graph else self.step()
+        _sync(self.x.device)
         return time.perf_counter() - t0
 
 def overlap_bench(device=None, pair:str|None=None, students:int=6, steps:int=100, rounds:int=3, bs:int=64, print_=print) -> dict:
-    "Time one KD run's step and `students` KD students' fused step, on one stream and on a stream each, each one CUDA graph; print the ratios. Returns {name: [seconds per round]}."
+    "Time one KD run's step and `students` KD students' fused step (one after another, on a stream each, stacked), each one CUDA graph; print the ratios. Returns {name: [seconds per round]}."
     device, t_name, s_name = _device_and_pair(device, pair)
     if device.type != 'cuda': raise KdnbError("kdnb bench --overlap times CUDA streams inside CUDA graphs: it needs a CUDA GPU (--device cuda)")
     for k, v in (('students', students), ('steps', steps), ('rounds', rounds), ('bs', bs)): check_number(k, v, minimum=1, integer=True)
@@ -316,16 +332,24 @@ def overlap_bench(device=None, pair:str|None=None, students:int=6, steps:int=100
     y = torch.randint(0, 100, (bs,), generator=g).to(device)
     print_(f"kdnb bench --overlap: {t_name} -> {s_name}, {students} KD students, batch {bs}, {torch.cuda.get_device_name(device)}: each step "
            f"(teacher forward, each student's forward, backward and SGD) one CUDA graph; {rounds} interleaved rounds of {steps} steps")
-    one, many = f'{students} students, one stream', f'{students} students, a stream each'
-    loops = {'one KD run': GraphedKDSteps(teacher, nets[:1], x, y), one: GraphedKDSteps(teacher, nets, x, y),
-             many: GraphedKDSteps(teacher, nets, x, y, streams=True)}
+    names = {'one': f'{students} students, one stream', 'streams': f'{students} students, a stream each', 'stacked': f'{students} students stacked (vmap)'}
+    loops = {'one KD run': GraphedKDSteps(teacher, nets[:1], x, y)}
+    for layout, name in names.items():
+        try: loops[name] = GraphedKDSteps(teacher, nets, x, y, layout)
+        except Exception as e:  # a layout PyTorch cannot record must not cost the figures of the others
+            if layout == 'one': raise
+            print_(f"note: {name} failed ({type(e).__name__}: {str(e)[:200]}); the others are timed without it")
     secs = {k: [] for k in loops}
     for _ in range(rounds):
         for k, loop in loops.items(): secs[k].append(loop.time(steps))
-    for k, v in secs.items(): print_(f"{k:28s} {steps * bs / np.median(v):9.0f} img/s  {np.median(v) / steps * 1e3:8.2f} ms/step")
-    kd, a, b = (np.array(secs[k]) for k in loops)
-    print_(f"the fused step takes {np.median(a / kd):.2f}x the time of one KD run on one stream, {np.median(b / kd):.2f}x on a stream each")
-    print_(f"overlap: a stream each runs the students {np.median(a / b):.2f}x faster than one stream (median of {rounds} rounds; range {(a / b).min():.2f}-{(a / b).max():.2f})")
+    for k, v in secs.items(): print_(f"{k:34s} {steps * bs / np.median(v):9.0f} img/s  {np.median(v) / steps * 1e3:8.2f} ms/step")
+    kd, one = np.array(secs['one KD run']), np.array(secs[names['one']])
+    print_(f"the fused step takes, in units of one KD run's: " + ', '.join(f"{np.median(np.array(secs[n]) / kd):.2f}x {l}" for l, n in names.items() if n in secs))
+    for layout in ('streams', 'stacked'):
+        if names[layout] in secs:
+            r = one / np.array(secs[names[layout]])
+            print_(f"{names[layout].split(', ')[-1] if layout == 'streams' else 'stacked'}: the students train {np.median(r):.2f}x faster than one after another "
+                   f"(median of {rounds} rounds; range {r.min():.2f}-{r.max():.2f})")
     return secs
 
 # %% ../nbs/15_bench.ipynb #53adbd65

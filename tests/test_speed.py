@@ -195,8 +195,10 @@ def test_overlap_bench_needs_cuda(kdnb_main):
 @pytest.mark.gpu
 @pytest.mark.skipif(not has_cuda(), reason='needs a CUDA GPU')
 def test_overlap_bench_on_the_gpu():
-    "Students on streams of their own, each step one CUDA graph: the three variants timed, and the ratios printed."
+    "Students one after another, on streams of their own and stacked, each step one CUDA graph: every variant timed, and the ratios printed."
     r = run_kdnb('bench', '--overlap', '--pair', 'ResNet-8:ResNet-8', '--students', '2', '--steps', '5', '--rounds', '2', check=True)
     lines = r.stdout.strip().splitlines()
-    assert [l.split('  ')[0] for l in lines[1:4]] == ['one KD run', '2 students, one stream', '2 students, a stream each'], r.stdout
-    assert re.fullmatch(r'overlap: a stream each runs the students \d+\.\d\dx faster than one stream \(median of 2 rounds; range \d+\.\d\d-\d+\.\d\d\)', lines[-1]), r.stdout
+    assert [l.split('  ')[0].strip() for l in lines[1:5]] == ['one KD run', '2 students, one stream', '2 students, a stream each', '2 students stacked (vmap)'], r.stdout
+    assert lines[5].startswith('the fused step takes, in units of one KD run') and 'x stacked' in lines[5], r.stdout
+    for how, line in zip(('a stream each', 'stacked'), lines[-2:]):
+        assert re.fullmatch(how + r': the students train \d+\.\d\dx faster than one after another \(median of 2 rounds; range \d+\.\d\d-\d+\.\d\d\)', line), r.stdout
