@@ -212,7 +212,7 @@ class StepGraph(Callback):
         # as a Python number changed, and each epoch would compile the step again (past 8 graphs, dynamo runs it uncompiled)
         n = len(torch._dynamo.eval_frame._debug_get_cache_entry_list(self.code))
         if self.graphs is not None and n > self.graphs:
-            print(f"warning: the training step (speed option step_graph) was compiled again in epoch {self.epoch}: a number it reads in "
+            print(f"warning: the training step (speed option step_graph) was compiled again in epoch {epoch_in_run(self.learn)}: a number it reads in "
                   f"Python changed, such as an epoch count in a loss; read it from a tensor instead (as methods read `epoch_now`)")
         self.graphs = n
 
