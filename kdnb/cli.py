@@ -134,8 +134,8 @@ def _bench_command(sub):
     b.add_argument('--images', type=positive, help='synthetic dataset size (default 50000 on a GPU, 2048 on a CPU)')
     b.add_argument('--check-accuracy', action='store_true', help='also train plain and fast paths 3 epochs on the embedded subset and compare loss curves')
     b.add_argument('--fused', action='store_true', help="instead: a benchmark row's students (--methods) one after another vs one fused run")
-    b.add_argument('--overlap', action='store_true', help="instead: how far students on CUDA streams of their own overlap on the GPU: one KD "
-                   "run's step vs --students KD students' fused step, on one stream and on a stream each, each step one CUDA graph")
+    b.add_argument('--overlap', action='store_true', help="instead: what a fused step could gain below its arithmetic: one KD run's step vs "
+                   "--students KD students' fused step, one after another, on a CUDA stream each, and stacked into one network (vmap), each step one CUDA graph")
     b.add_argument('--students', type=positive, help='with --overlap: the students of the fused step (default 6, the main table but DML)')
     b.add_argument('--dispatch', action='store_true', help="instead: the training loop's own time per step (fastai's Learner, kdnb's LeanLearner, "
                    "a hand-written loop; CPU), which limits a GPU step of a few milliseconds")

@@ -61,7 +61,7 @@ class Method(nn.Module):
     paper: str = ''  # the paper it comes from, for listings (`kdnb methods`)
     optional: tuple = ()  # hyper-parameters added after runs were recorded: listed only when set away from their default
     # the training context, set by the `Distiller` before every training batch (read-only for the method)
-    _epoch: int = 0
+    _epoch: int = 0  # behind the property `epoch`, which keeps `epoch_now` in step
     n_epochs: int = 0  # the stage's length in epochs
     step: int = 0  # training batches of the stage before this one
     batch_index: torch.Tensor|None = None  # the batch's dataset indices
