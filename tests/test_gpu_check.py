@@ -2,7 +2,7 @@
 pandas, matplotlib, scikit-learn, requests, rich, tqdm, pyyaml, pillow) plus the packages of .ci/gpu-packages.txt
 imports kdnb, runs a one-batch distillation and executes a notebook through papermill, and the check's own script
 reports on it. Both sets are taken from this environment's installed packages, linked, not downloaded."""
-import importlib.metadata as md, os, subprocess
+import importlib.metadata as md, os, re, subprocess
 from pathlib import Path
 import pytest
 from conftest import ROOT, dependency_closure, link_distributions, dist_key, isolated_python
@@ -27,11 +27,13 @@ def test_package_list_is_installed_here():
 def test_image_plus_carried_packages_run_kdnb(gpu_like_python):
     py, carried, tmp = gpu_like_python
     env = {**os.environ, 'PYTHONPATH': f'{carried}:{ROOT}', 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
-    # the check's own script, its environment step only (the install step needs the GPU machine's wheels)
-    r = subprocess.run(['bash', ROOT/'.ci'/'gpu-check', tmp/'report'], env={**env, 'PYTHON': str(py), 'GPU_CHECK_STEPS': 'env'},
-                       capture_output=True, text=True, timeout=300)
+    # the check's own script, its environment and test steps (the install step needs the GPU machine's wheels; without CUDA
+    # the GPU-marked tests skip, but their parallel workers start from the carried packages)
+    r = subprocess.run(['bash', ROOT/'.ci'/'gpu-check', tmp/'report'], env={**env, 'PYTHON': str(py), 'GPU_CHECK_STEPS': 'env,tests', 'GPU_CHECK_TEST_WORKERS': '2'},
+                       capture_output=True, text=True, timeout=600)
     report = (tmp/'report'/'gpu-check.md').read_text()
-    assert r.returncode == 0 and '## Environment: passed' in report, report + r.stderr
+    assert r.returncode == 0 and '## Environment: passed' in report and '## GPU-marked tests: passed' in report, report + r.stderr
+    assert re.search(r'\d+ skipped', report.split('## GPU-marked tests')[1]), report
     assert "'fastai'" in report and 'GPUs: none' in report
     code = """
 import sys, papermill as pm, nbformat

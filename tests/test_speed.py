@@ -87,29 +87,44 @@ def test_step_graph_suits_cuda_graphs(tmp_path):
         assert len(steps) == 1 and len(steps[0][0]) > 50, (name, [len(g[0]) for g in w.graphs])  # one graph: no break splits the step
         assert steps[0][1] == [], f"{name}: the step writes inputs that are not static: {steps[0][1]}"
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not has_cuda(), reason='needs a CUDA GPU')
-def test_gpu_paths(tmp_path):
-    "What only a GPU runs, a few batches each: device data on the GPU, channels_last, cuDNN autotune, bf16, CUDA graphs (the networks' and the whole step's), the cache."
+GPU_RUN = ['--epochs', '1', '--bs', '64', '--max-items', '512', '--no-progress', '--device', 'cuda']
+def on_gpu(test):
+    "Mark `test` GPU-only: the GPU check runs it (`-m gpu`, in parallel workers); without CUDA it is skipped."
+    return pytest.mark.gpu(pytest.mark.skipif(not has_cuda(), reason='needs a CUDA GPU')(test))
+
+@pytest.fixture(scope='module')
+def gpu_teacher(tmp_path_factory):
+    "A ResNet-8 trained for one short epoch on the GPU with `fast` (the train command's GPU path): the teacher of the GPU runs below."
+    out = tmp_path_factory.mktemp('gpu-teacher')
+    run_kdnb('train', '--model', 'ResNet-8', '--out', out, '--speed', 'fast', *GPU_RUN, check=True)
+    return out/'last.pt'
+
+@on_gpu
+def test_device_pipeline_on_the_gpu():
+    "The device data pipeline on the GPU draws the same views as on the CPU."
     import torch
     from kdnb.fast import device_dataloaders
     a, b = (device_dataloaders('cifar10-subset', bs=64, device=d, max_items=256, seed=0) for d in ('cuda', 'cpu'))
     (xa, ya, ia, va), (xb, yb, ib, vb) = next(iter(a.train)), next(iter(b.train))
-    assert torch.equal(ia.cpu(), ib) and torch.equal(va.cpu(), vb) and torch.allclose(xa.cpu(), xb, atol=1e-5)  # the same views on both
-    common = ['--epochs', '1', '--bs', '64', '--max-items', '512', '--no-progress', '--device', 'cuda']
-    run_kdnb('train', '--model', 'ResNet-8', '--out', tmp_path/'t', '--speed', 'fast', *common, check=True)
-    for i, (speed, precision) in enumerate([('fast', 'fp32'), ('fast', 'bf16'), ('fast,compile=reduce-overhead', 'bf16'), ('fast,teacher_cache', 'bf16'),
-                                            ('fast,compile=reduce-overhead,step_graph', 'fp32'), ('fast,compile=reduce-overhead,step_graph,teacher_cache', 'bf16')]):
-        run_kdnb('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'ResNet-8', '--method', 'KD',
-                 '--speed', speed, '--precision', precision, '--out', tmp_path/f's{i}', *common, check=True, timeout=900)
-        res = json.loads((tmp_path/f's{i}'/'results.json').read_text())
-        assert res['config']['precision'] == precision and 0 < res['last']['top1'] <= 1 and res['last']['train_loss'] == res['last']['train_loss']
-    # fused students on the GPU, with CUDA graphs: one teacher pass feeding a logit method and a feature method (whose student's
-    # hooks come after a hookless student of its class was compiled), each written to its own folder
-    for out, speed in (('fused', 'fast,compile=reduce-overhead'), ('fused-step', 'fast,compile=reduce-overhead,step_graph')):  # the second: one graph a step
-        run_kdnb('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'ResNet-8', '--method', 'KD,AT',
-                 '--speed', speed, '--precision', 'bf16', '--out', tmp_path/out, *common, check=True, timeout=900)
-        for m in ('KD', 'AT'): assert json.loads((tmp_path/out/m/'results.json').read_text())['config']['method'] == m
+    assert torch.equal(ia.cpu(), ib) and torch.equal(va.cpu(), vb) and torch.allclose(xa.cpu(), xb, atol=1e-5)
+
+@pytest.mark.parametrize('speed,precision', [('fast', 'fp32'), ('fast', 'bf16'), ('fast,compile=reduce-overhead', 'bf16'), ('fast,teacher_cache', 'bf16'),
+                                             ('fast,compile=reduce-overhead,step_graph', 'fp32'), ('fast,compile=reduce-overhead,step_graph,teacher_cache', 'bf16')])
+@on_gpu
+def test_gpu_paths(gpu_teacher, tmp_path, speed, precision):
+    "What only a GPU runs, a few batches each: device data on the GPU, channels_last, cuDNN autotune, bf16, CUDA graphs (the networks' and the whole step's), the cache."
+    run_kdnb('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', gpu_teacher, '--student', 'ResNet-8', '--method', 'KD',
+             '--speed', speed, '--precision', precision, '--out', tmp_path/'s', *GPU_RUN, check=True, timeout=900)
+    res = json.loads((tmp_path/'s'/'results.json').read_text())
+    assert res['config']['precision'] == precision and 0 < res['last']['top1'] <= 1 and res['last']['train_loss'] == res['last']['train_loss']
+
+@pytest.mark.parametrize('speed', ['fast,compile=reduce-overhead', 'fast,compile=reduce-overhead,step_graph'])  # the second: one graph a step
+@on_gpu
+def test_fused_gpu_paths(gpu_teacher, tmp_path, speed):
+    "Fused students on the GPU, with CUDA graphs: one teacher pass feeding a logit method and a feature method (whose student's hooks come after a hookless student of its class was compiled), each written to its own folder."
+    run_kdnb('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', gpu_teacher, '--student', 'ResNet-8', '--method', 'KD,AT',
+             '--speed', speed, '--precision', 'bf16', '--out', tmp_path, *GPU_RUN, check=True, timeout=900)
+    for m in ('KD', 'AT'): assert json.loads((tmp_path/m/'results.json').read_text())['config']['method'] == m
 
 class CudaSyncs:
     "CUDA's own count of the operations that wait for the GPU (`torch.cuda.set_sync_debug_mode`): what `HostReads` cannot see too."
@@ -158,8 +173,7 @@ def test_no_training_batch_waits_for_the_gpu(device):
     per_batch = {'+'.join(g): (a, b) for g in groups if abs((a := _waits_per_epoch(g, 32, device, counter)) - (b := _waits_per_epoch(g, 64, device, counter))) > slack}
     assert not per_batch, f"waits in an epoch of 2 and of 4 training batches: {per_batch}"
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not has_cuda(), reason='needs a CUDA GPU')
+@on_gpu
 def test_fused_students_on_streams():
     "Speed option `streams`: fused students, each on a CUDA stream of its own (`MemberStreams`), train as they do on one stream."
     import tempfile
@@ -192,8 +206,7 @@ def test_overlap_bench_needs_cuda(kdnb_main):
     one_line_error(kdnb_main('bench', '--overlap', '--device', 'cpu'), 'it needs a CUDA GPU', '--device cuda')
     one_line_error(kdnb_main('bench', '--students', '3'), '--students goes with --overlap')
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not has_cuda(), reason='needs a CUDA GPU')
+@on_gpu
 def test_overlap_bench_on_the_gpu():
     "Students one after another, on streams of their own and stacked, each step one CUDA graph: every variant timed, and the ratios printed."
     r = run_kdnb('bench', '--overlap', '--pair', 'ResNet-8:ResNet-8', '--students', '2', '--steps', '5', '--rounds', '2', check=True)
