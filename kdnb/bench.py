@@ -298,7 +298,7 @@ class GraphedKDSteps:
         with torch.cuda.graph(self.graph): self.step()
     def _train(self, k:int):
         z = self.students[k](self.x)
-        n = z.shape[0] if z.ndim == 3 else 1  # stacked: every student's logits at once, their losses summed
+        n = len(z) if self.layout == 'stacked' else 1  # stacked: every student's logits at once, their losses summed
         z = z.flatten(0, -2)
         (n * (0.1 * F.cross_entropy(z, self.y.repeat(n)) + 0.9 * kd_loss(z, self.t.repeat(n, 1), 4.))).backward()
         self.opts[k].step(); self.opts[k].zero_grad(set_to_none=False)  # the gradients stay where the graph wrote them
@@ -345,10 +345,10 @@ def overlap_bench(device=None, pair:str|None=None, students:int=6, steps:int=100
     for k, v in secs.items(): print_(f"{k:34s} {steps * bs / np.median(v):9.0f} img/s  {np.median(v) / steps * 1e3:8.2f} ms/step")
     kd, one = np.array(secs['one KD run']), np.array(secs[names['one']])
     print_(f"the fused step takes, in units of one KD run's: " + ', '.join(f"{np.median(np.array(secs[n]) / kd):.2f}x {l}" for l, n in names.items() if n in secs))
-    for layout in ('streams', 'stacked'):
+    for layout, how in (('streams', 'a stream each'), ('stacked', 'stacked')):
         if names[layout] in secs:
             r = one / np.array(secs[names[layout]])
-            print_(f"{names[layout].split(', ')[-1] if layout == 'streams' else 'stacked'}: the students train {np.median(r):.2f}x faster than one after another "
+            print_(f"{how}: the students train {np.median(r):.2f}x faster than one after another "
                    f"(median of {rounds} rounds; range {r.min():.2f}-{r.max():.2f})")
     return secs
 

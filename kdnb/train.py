@@ -178,22 +178,20 @@ class StepGraph(Callback):
     def before_fit(self):
         if why := step_graph_obstacle(self.learn): raise KdnbError(f"this run cannot train with the speed option step_graph: {why}; leave step_graph out")
         self.batch_loss, self.inputs, self.record = self.plugged or (_ModelLoss(self.learn.model, self.learn.loss_func), tuple, noop)
-        self.rates, self.graphs = {}, None
+        self.rates, self.hypers, self.graphs = {}, {}, None  # rates made once a fit: a CUDA graph replays on the addresses it recorded
     def before_train(self):
         # the optimiser's own tensors, read each epoch: a resumed run has just loaded its state
         self.sgd, names = getattr(self.learn.opt, 'opt', self.learn.opt), {id(p): n for n, p in self.batch_loss.named_parameters()}
-        self.params, self.net_buffers, self.groups, self.hypers = {}, dict(self.batch_loss.named_buffers()), [], []
+        self.params, self.net_buffers, self.groups = {}, dict(self.batch_loss.named_buffers()), []
         for i, g in enumerate(self.sgd.param_groups):
             for p in g['params']:
                 self.params[names[id(p)]] = p
                 if self.sgd.state[p].get('momentum_buffer') is None: self.sgd.state[p]['momentum_buffer'] = torch.zeros_like(p)
-            p0 = g['params'][0]  # a rate given as an int (momentum 0) must not make an integer tensor
-            if (rates := self.rates.get(i)) is None:  # made once a fit: a CUDA graph replays on the addresses it recorded
-                rates = self.rates[i] = tuple(torch.tensor(float(g[k]), dtype=p0.dtype, device=p0.device) for k in ('lr', 'momentum'))
-            for t, k in zip(rates, ('lr', 'momentum')): t.fill_(g[k])
-            lr, mom = rates
-            self.groups.append(SGDGroup([names[id(p)] for p in g['params']], lr, mom, [self.sgd.state[p]['momentum_buffer'] for p in g['params']], g['weight_decay']))
-            self.hypers.append((g['lr'], g['momentum']))
+            if i not in self.rates:  # later values are written into these by `before_batch`
+                p0 = g['params'][0]  # a rate given as an int (momentum 0) must not make an integer tensor
+                self.rates[i] = tuple(torch.tensor(float(g[k]), dtype=p0.dtype, device=p0.device) for k in ('lr', 'momentum'))
+                self.hypers[i] = g['lr'], g['momentum']
+            self.groups.append(SGDGroup([names[id(p)] for p in g['params']], *self.rates[i], [self.sgd.state[p]['momentum_buffer'] for p in g['params']], g['weight_decay']))
         for t in self.static_tensors(): torch._dynamo.mark_static_address(t)
     def static_tensors(self) -> list[torch.Tensor]:
         "The tensors the step reads that outlive it: parameters, buffers, rates and momentum buffers, which a CUDA graph updates where they are, rather than copying them in and out of the graph each step."
