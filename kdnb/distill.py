@@ -229,7 +229,7 @@ class PeerAccuracy(Metric):
     def reset(self): self.correct, self.n = 0, 0
     def accumulate(self, learn):
         p = unwrap(learn.model).peer_logits
-        self.correct += (p.argmax(-1) == learn.yb[0]).sum().item(); self.n += len(p)
+        self.correct = self.correct + (p.argmax(-1) == learn.yb[0]).sum(); self.n += len(p)  # on the device: read once, at the epoch's end
     @property
     def value(self): return process_mean(self.correct / max(self.n, 1))
     @property

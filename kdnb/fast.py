@@ -19,7 +19,8 @@ from fastai.callback.core import (CancelBatchException, CancelBackwardException,
                                   CancelStepException, CancelTrainException, CancelValidException)
 from fastcore.xtras import modify_exception
 from fastcore.basics import noop
-from fastai.learner import Learner, Recorder, AvgSmoothLoss
+from fastai.learner import Learner, Recorder, AvgSmoothLoss, AvgLoss, AvgMetric
+from fastai.torch_core import find_bs
 from fastai.callback.progress import ProgressCallback
 from fastai.torch_core import default_device
 from .data import WithIndex, ImageArrayDataset, get_dataset, _head, drops_last_batch, CIFAR10_STATS, CIFAR100_STATS
@@ -27,8 +28,9 @@ from .data import WithIndex, ImageArrayDataset, get_dataset, _head, drops_last_b
 # %% auto #0
 __all__ = ['COMPILE_MODES', 'SPEED_PRESETS', 'STATS', 'Speed', 'parse_speed', 'reflect_pad', 'pad_images', 'crop_views',
            'view_id', 'view_params', 'DeviceImageLoader', 'array_dataloaders', 'device_dataloaders', 'prepare_models',
-           'compile_network', 'BF16Autocast', 'speed_callbacks', 'DeviceSmoothLoss', 'LeanRecorder', 'LeanProgress',
-           'LeanLearner', 'HostReads', 'TeacherLogitCache', 'cache_key', 'load_or_build_cache']
+           'compile_network', 'BF16Autocast', 'speed_callbacks', 'DeviceSmoothLoss', 'accumulate_on_device',
+           'LeanRecorder', 'LeanProgress', 'LeanLearner', 'HostReads', 'TeacherLogitCache', 'cache_key',
+           'load_or_build_cache']
 
 # %% ../nbs/06e_fast.ipynb #4a3824ac
 COMPILE_MODES = ('default', 'max-autotune', 'reduce-overhead')
@@ -210,8 +212,16 @@ class DeviceSmoothLoss(AvgSmoothLoss):
         if loss.ndim: loss = loss.mean()  # a kernel launch fewer for the usual scalar loss
         self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
 
+def accumulate_on_device(met, learn):
+    "Add `learn`'s batch to metric `met` as fastai does, but keep fastai's running sums (`AvgLoss`, `AvgMetric`) on the batch's device: read once, at the epoch's end."
+    if type(met) not in (AvgLoss, AvgMetric): return met.accumulate(learn)  # any other metric keeps fastai's own way
+    v = learn.loss.mean() if type(met) is AvgLoss else met.func(learn.pred, *learn.yb)
+    bs = find_bs(learn.yb)
+    met.total += (learn.to_detach(v, cpu=False) if torch.is_tensor(v) else v) * bs
+    met.count += bs
+
 class LeanRecorder(Recorder):
-    "fastai's `Recorder` with the smoothed loss on the device: the values of an epoch's training batches reach the CPU together, at its end."
+    "fastai's `Recorder` with its sums on the device: the values of an epoch's batches, training and validation, reach the CPU together, at its end."
     @property
     def name(self): return 'recorder'  # where fastai and its callbacks look for it
     def __init__(self, add_time=True, train_metrics=False, valid_metrics=True, beta=0.98):
@@ -219,8 +229,9 @@ class LeanRecorder(Recorder):
         self.smooth_loss = DeviceSmoothLoss(beta)
     def before_train(self): self._first = len(self.losses); super().before_train()
     def after_batch(self):
-        if not self.training or len(self.yb) == 0: return super().after_batch()
-        for met in self._train_mets: met.accumulate(self.learn)
+        if len(self.yb) == 0: return
+        for met in (self._train_mets if self.training else self._valid_mets): accumulate_on_device(met, self.learn)
+        if not self.training: return
         self.lrs.append(self.opt.hypers[-1]['lr'])
         self.losses.append(v := self.smooth_loss.value)  # one division on the device where fastai's `after_batch` launches two
         self.learn.smooth_loss = v

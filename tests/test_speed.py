@@ -137,7 +137,7 @@ class CudaSyncs:
     def n(self): return sum('synchroniz' in str(w.message) for w in self.log)
 
 def _waits_per_epoch(methods, n_train, device, counter) -> int:
-    "How often one epoch of `methods` (one student each, fused if several) over `n_train` training images waits for the device."
+    "How often one epoch of `methods` (one student each, fused if several) over `n_train` training images and half as many validation images waits for the device."
     import tempfile
     from kdnb.data import read_cifar10_subset, ImageArrayDataset, CIFAR10_STATS
     from kdnb.fast import array_dataloaders
@@ -149,7 +149,7 @@ def _waits_per_epoch(methods, n_train, device, counter) -> int:
     sub = read_cifar10_subset(True)
     def first(n): return ImageArrayDataset(sub.images[:n], sub.labels[:n], sub.classes)
     set_seed(0)
-    dls = array_dataloaders(first(n_train), first(16), CIFAR10_STATS, bs=16, device=device, seed=0)
+    dls = array_dataloaders(first(n_train), first(n_train // 2), CIFAR10_STATS, bs=16, valid_bs=16, device=device, seed=0)
     teacher, recipe = create_model('ResNet-8', 10).eval().to(device), Recipe(epochs=1, milestones=(5,))
     made = [make_method(m, 'ResNet-8', 'WRN-16-1', **({'nce_k': 32} if m == 'CRD' else {}))[0] for m in methods]
     if len(made) == 1: learn, lr = distill_learner(dls, create_model('WRN-16-1', 10), teacher, made[0], recipe, tempfile.mkdtemp())
@@ -162,8 +162,8 @@ def _waits_per_epoch(methods, n_train, device, counter) -> int:
     return c.n
 
 @pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=[pytest.mark.gpu, pytest.mark.skipif(not has_cuda(), reason='needs a CUDA GPU')])])
-def test_no_training_batch_waits_for_the_gpu(device):
-    "A GPU runs a step while the host queues the next only if nothing waits for it in between: no method's training batch does, nor a fused one's (an epoch of 4 batches waits as often as one of 2), but those that say why (`Method.gpu_sync`). On a CPU, the reads of `HostReads`; on a GPU, every wait CUDA sees."
+def test_no_batch_waits_for_the_gpu(device):
+    "A GPU runs a step while the host queues the next only if nothing waits for it in between: no method's training or validation batch does, nor a fused one's (an epoch of 4 + 2 batches waits as often as one of 2 + 1), but training batches of the methods that say why (`Method.gpu_sync`). On a CPU, the reads of `HostReads`; on a GPU, every wait CUDA sees."
     from kdnb.fast import HostReads
     from kdnb.methods import list_methods, create_method
     counter = HostReads if device == 'cpu' else CudaSyncs
@@ -171,7 +171,7 @@ def test_no_training_batch_waits_for_the_gpu(device):
     # a wait in every batch makes 2 more in the longer epoch; CUDA's count may differ by one wait from run to run (allocator, cuDNN)
     slack = 0 if device == 'cpu' else 1
     per_batch = {'+'.join(g): (a, b) for g in groups if abs((a := _waits_per_epoch(g, 32, device, counter)) - (b := _waits_per_epoch(g, 64, device, counter))) > slack}
-    assert not per_batch, f"waits in an epoch of 2 and of 4 training batches: {per_batch}"
+    assert not per_batch, f"waits in an epoch of 2 + 1 and of 4 + 2 training + validation batches: {per_batch}"
 
 @on_gpu
 def test_fused_students_on_streams():
