@@ -186,12 +186,16 @@ def run_bench(device=None, pair:str|None=None, steps:int|None=None, warmup:int=5
         except Exception as e:  # a variant that cannot run (e.g. compile without a compiler) is reported, not fatal
             print_(f"{label:52s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"); continue
         if loops[label].build_s: notes[label] = f"  (cache of {min(cache_images, images)} images x 162 views, built once in {loops[label].build_s:.1f} s)"
-    rates = {k: [] for k in loops}
+    rates, warm = {k: [] for k in loops}, {}
     for label, loop in list(loops.items()):  # warm-up: compilation, autotuning, first allocations
-        try: loop.time(max(warmup, 1))
+        t0 = time.perf_counter()
+        try: loop.time(max(warmup, 1)); warm[label] = time.perf_counter() - t0
         except Exception as e: print_(f"{label:52s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"); del loops[label], rates[label]
-    for _ in range(rounds):
+    print_("warm-up (compilation, autotuning) in s: " + ', '.join(f"{k} {v:.1f}" for k, v in warm.items()))
+    for i in range(rounds):
         for label, loop in loops.items(): rates[label].append(steps * bs / loop.time(steps))
+        # a run cut short (a time limit) still leaves figures
+        if i < rounds - 1: print_(f"img/s after round {i + 1} of {rounds}: " + ', '.join(f"{k} {np.median(v):.0f}" for k, v in rates.items()))
     _print_rates(rates, notes, work, peak, print_)
     if check_accuracy: accuracy_check(device, print_)
     ratios = {k: np.array(v) / np.array(rates['reference']) for k, v in rates.items() if k != 'reference'}

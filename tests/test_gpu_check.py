@@ -54,10 +54,18 @@ assert out.cells[0].outputs[0]['text'].strip() == '42'
     assert r.returncode == 0 and 'cifar10-subset' in r.stdout, r.stdout + r.stderr
 
 def test_budget_leaves_steps_for_another_call(tmp_path):
-    "A check out of time skips what no longer fits, says so in its report and on exit, and names the steps to run in a second call."
-    r = subprocess.run(['bash', ROOT/'.ci'/'gpu-check', tmp_path], env={**os.environ, 'GPU_CHECK_STEPS': 'env,dispatch', 'GPU_CHECK_BUDGET': '20'},
+    "A check out of time skips what no longer fits, says so in its report and on exit, and names the steps to run in a second call, in the order asked for."
+    r = subprocess.run(['bash', ROOT/'.ci'/'gpu-check', tmp_path], env={**os.environ, 'GPU_CHECK_STEPS': 'dispatch,env', 'GPU_CHECK_BUDGET': '20'},
                        capture_output=True, text=True, timeout=60)
     report = (tmp_path/'gpu-check.md').read_text()
     assert r.returncode == 3, (r.returncode, report)
     assert '## Environment: skipped' in report and '## kdnb bench --dispatch' in report, report
-    assert report.rstrip().endswith('GPU_CHECK_STEPS=install,env,dispatch bash .ci/gpu-check DIR'), report
+    assert report.index('## kdnb bench --dispatch') < report.index('## Environment'), report  # the order of GPU_CHECK_STEPS, not the script's
+    assert report.rstrip().endswith('GPU_CHECK_STEPS=install,dispatch,env bash .ci/gpu-check DIR'), report
+
+def test_unknown_step_is_refused_before_anything_runs(tmp_path):
+    "A misspelt step in GPU_CHECK_STEPS stops the check at once, naming it and the steps there are."
+    r = subprocess.run(['bash', ROOT/'.ci'/'gpu-check', tmp_path], env={**os.environ, 'GPU_CHECK_STEPS': 'env,bnech'},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown step 'bnech'" in r.stderr and 'overlap' in r.stderr, (r.returncode, r.stderr)
+    assert '## Environment' not in (tmp_path/'gpu-check.md').read_text()
