@@ -21,13 +21,13 @@ from .data import ImageArrayDataset, WithIndex, cifar_transforms, indexed_datalo
 from .models.core import create_model
 from .losses import kd_loss
 from .config import Recipe, RunConfig
-from .fast import Speed, parse_speed, prepare_models, array_dataloaders, load_or_build_cache
+from .fast import Speed, parse_speed, prepare_models, array_dataloaders, load_or_build_cache, cache_key
 
 # %% auto #0
 __all__ = ['BF16_PEAK_TFLOPS', 'MAIN_METHODS', 'bf16_peak_tflops', 'forward_flops', 'ReferenceLoop', 'StepTimer', 'KdnbLoop',
-           'variants', 'parse_pair', 'synthetic_cifar', 'run_bench', 'accuracy_check', 'run_fused_bench',
-           'StackedStudents', 'GraphedKDSteps', 'overlap_bench', 'name_events', 'StepProfiler', 'host_times',
-           'profile_bench', 'data_bench', 'dispatch_bench']
+           'interleaved_rounds', 'variants', 'parse_pair', 'synthetic_cifar', 'run_bench', 'accuracy_check',
+           'run_fused_bench', 'StackedStudents', 'GraphedKDSteps', 'overlap_bench', 'name_events', 'StepProfiler',
+           'host_times', 'profile_bench', 'data_bench', 'dispatch_bench']
 
 # %% ../nbs/15_bench.ipynb #c1c330bf
 BF16_PEAK_TFLOPS = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., '4090': 165.}
@@ -87,9 +87,9 @@ class StepTimer(Callback):
             raise CancelFitException()
 
 class KdnbLoop:
-    "kdnb's distiller with `speed` in `precision`, one student per method (several: one fused run); `time(n)` runs `n` steps and returns their seconds (`build_s`: the teacher cache's build time)."
+    "kdnb's distiller with `speed` in `precision`, one student per method (several: one fused run); `time(n)` runs `n` steps and returns their seconds (`build_s`: the teacher cache's build time, if this loop built it; `caches`: teacher caches by key, shared by the loops given the same dict)."
     def __init__(self, teacher_name, student_name, ds:ImageArrayDataset, speed:str, precision:str='fp32', bs:int=64, device='cpu',
-                 workers:int=4, cache_images:int|None=None, methods=('KD',)):
+                 workers:int=4, cache_images:int|None=None, methods=('KD',), caches:dict|None=None):
         from kdnb.distill import distill_learner, make_method, DistillationModel, CachedTeacher
         from kdnb.fused import fused_learner
         sp, self.device, self.build_s = parse_speed(speed, device, precision), device, None
@@ -105,9 +105,12 @@ class KdnbLoop:
         cache = None
         if sp.teacher_cache:
             ckpt = Path(tempfile.mkdtemp())/'teacher.pt'; torch.save(teacher.state_dict(), ckpt)
-            _sync(device); t0 = time.perf_counter()
-            cache = load_or_build_cache(teacher, ckpt, dls.train, bf16=sp.bf16)
-            _sync(device); self.build_s = time.perf_counter() - t0
+            key = cache_key(ckpt, dls.train, bf16=sp.bf16)  # the variants' teachers are one network (seed 0): one cache per precision
+            caches = {} if caches is None else caches
+            if (cache := caches.get(key)) is None:
+                _sync(device); t0 = time.perf_counter()
+                cache = caches[key] = load_or_build_cache(teacher, ckpt, dls.train, bf16=sp.bf16)
+                _sync(device); self.build_s = time.perf_counter() - t0
         recipe, made = Recipe(epochs=1000, milestones=(1000,)), [make_method(m, teacher_name, student_name)[0] for m in methods]
         source = CachedTeacher(cache) if cache is not None else None  # None: the teacher's forward pass
         for s in students: prepare_models(sp, s, teacher)
@@ -123,6 +126,20 @@ class KdnbLoop:
         if timer.seconds is None: raise KdnbError("the benchmark stopped before its timed steps; use more --images or fewer --steps")
         return timer
     def time(self, n:int) -> float: return self.run(StepTimer(2, n, self.device)).seconds
+
+# %% ../nbs/15_bench.ipynb #dc4662be
+def interleaved_rounds(loops:dict, rounds:int, measure:Callable, needed=(), after_round:Callable|None=None, print_=print) -> dict:
+    "{name: [measure(loop), one per round]}: each round measures every loop of `loops` in turn; one that fails is dropped with a note, the others go on (a failure of one in `needed` is raised)."
+    out = {k: [] for k in loops}
+    for i in range(rounds):
+        for k, loop in list(loops.items()):
+            try: out[k].append(measure(loop))
+            except Exception as e:  # e.g. a compiled step recording its graph again in a later fit: the other figures stay
+                if k in needed: raise
+                print_(f"note: {k} failed in round {i + 1} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); the others go on without it")
+                del loops[k], out[k]
+        if after_round and i < rounds - 1: after_round(i, out)  # figures so far: a bench cut short by a time limit still leaves some
+    return out
 
 # %% ../nbs/15_bench.ipynb #282d0ba3
 def variants(device) -> list[tuple[str, str, str]]:
@@ -179,23 +196,22 @@ def run_bench(device=None, pair:str|None=None, steps:int|None=None, warmup:int=5
     print_(f"work per image: teacher forward {tf / 1e9:.3f} + student forward/backward {3 * sf / 1e9:.3f} = {work / 1e9:.3f} GFLOP; "
            f"bf16 peak: {f'{peak:.0f} TFLOP/s' if peak else 'n/a'}")
     torch.manual_seed(0)
+    caches = {}  # the teacher caches of the variants, one per precision
     loops, notes = {'reference': ReferenceLoop(create_model(t_name), create_model(s_name), ds, bs, device, workers)}, {}
     for label, speed, precision in variants(device):
         if only and speed not in only: continue
-        try: loops[label] = KdnbLoop(t_name, s_name, ds, speed, precision, bs, device, workers, cache_images)
+        try: loops[label] = KdnbLoop(t_name, s_name, ds, speed, precision, bs, device, workers, cache_images, caches=caches)
         except Exception as e:  # a variant that cannot run (e.g. compile without a compiler) is reported, not fatal
             print_(f"{label:52s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"); continue
         if loops[label].build_s: notes[label] = f"  (cache of {min(cache_images, images)} images x 162 views, built once in {loops[label].build_s:.1f} s)"
-    rates, warm = {k: [] for k in loops}, {}
+    warm = {}
     for label, loop in list(loops.items()):  # warm-up: compilation, autotuning, first allocations
         t0 = time.perf_counter()
         try: loop.time(max(warmup, 1)); warm[label] = time.perf_counter() - t0
-        except Exception as e: print_(f"{label:52s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"); del loops[label], rates[label]
+        except Exception as e: print_(f"{label:52s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"); del loops[label]
     print_("warm-up (compilation, autotuning) in s: " + ', '.join(f"{k} {v:.1f}" for k, v in warm.items()))
-    for i in range(rounds):
-        for label, loop in loops.items(): rates[label].append(steps * bs / loop.time(steps))
-        # a run cut short (a time limit) still leaves figures
-        if i < rounds - 1: print_(f"img/s after round {i + 1} of {rounds}: " + ', '.join(f"{k} {np.median(v):.0f}" for k, v in rates.items()))
+    rates = interleaved_rounds(loops, rounds, lambda loop: steps * bs / loop.time(steps), needed=('reference',), print_=print_,
+                               after_round=lambda i, r: print_(f"img/s after round {i + 1} of {rounds}: " + ', '.join(f"{k} {np.median(v):.0f}" for k, v in r.items())))
     _print_rates(rates, notes, work, peak, print_)
     if check_accuracy: accuracy_check(device, print_)
     ratios = {k: np.array(v) / np.array(rates['reference']) for k, v in rates.items() if k != 'reference'}
@@ -254,9 +270,7 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
         except Exception as e:  # an option being tried must not cost the figures of the others
             if k != streams: raise
             print_(f"note: the fused run on streams failed ({type(e).__name__}: {e}); the others are timed without it"); del loops[k]
-    secs = {k: [] for k in loops}
-    for _ in range(rounds):
-        for k, loop in loops.items(): secs[k].append(loop.time(steps))
+    secs = interleaved_rounds(loops, rounds, lambda loop: loop.time(steps), needed=[k for k in loops if k != streams], print_=print_)
     for k, v in secs.items(): print_(f"{'fused (all students)' if k == 'fused' else k if k == streams else k + ' alone':24s} {steps * bs / np.median(v):9.0f} img/s  {np.median(v) / steps * 1e3:8.1f} ms/step")
     fused = np.array(secs['fused'])
     if 'KD' in methods:
@@ -343,9 +357,7 @@ def overlap_bench(device=None, pair:str|None=None, students:int=6, steps:int=100
         except Exception as e:  # a layout PyTorch cannot record must not cost the figures of the others
             if layout == 'one': raise
             print_(f"note: {name} failed ({type(e).__name__}: {str(e)[:200]}); the others are timed without it")
-    secs = {k: [] for k in loops}
-    for _ in range(rounds):
-        for k, loop in loops.items(): secs[k].append(loop.time(steps))
+    secs = interleaved_rounds(loops, rounds, lambda loop: loop.time(steps), needed=('one KD run', names['one']), print_=print_)
     for k, v in secs.items(): print_(f"{k:34s} {steps * bs / np.median(v):9.0f} img/s  {np.median(v) / steps * 1e3:8.2f} ms/step")
     kd, one = np.array(secs['one KD run']), np.array(secs[names['one']])
     print_(f"the fused step takes, in units of one KD run's: " + ', '.join(f"{np.median(np.array(secs[n]) / kd):.2f}x {l}" for l, n in names.items() if n in secs))
@@ -474,16 +486,20 @@ def dispatch_bench(steps:int=100, rounds:int=5, print_=print) -> dict:
     "The loop's time per training step (ms) with fastai's `Learner`, `LeanLearner` (also with its whole step compiled) and by hand, medians of interleaved rounds (CPU, one thread)."
     for k, v in (('steps', steps), ('rounds', rounds)): check_number(k, v, minimum=1, integer=True)
     threads = torch.get_num_threads(); torch.set_num_threads(1)
+    def timed(f): t0 = time.perf_counter(); f(); return (time.perf_counter() - t0) / steps * 1e3
     try:
-        loops, ms = _dispatch_loops(steps), {}
-        for f in loops.values(): f()  # warm-up
-        for _ in range(rounds):
-            for k, f in loops.items(): t0 = time.perf_counter(); f(); ms.setdefault(k, []).append((time.perf_counter() - t0) / steps * 1e3)
+        loops = _dispatch_loops(steps)
+        try: loops['+ step_graph']()  # its warm-up compiles the step with inductor's C++ backend, which needs a C++ compiler
+        except Exception as e: print_(f"note: + step_graph failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); timed without it"); del loops['+ step_graph']
+        for k, f in loops.items():
+            if k != '+ step_graph': f()  # warm-up
+        ms = interleaved_rounds(loops, rounds, timed, needed=("fastai's Learner", 'LeanLearner', 'hand-written loop'), print_=print_)
     finally: torch.set_num_threads(threads)
     med = {k: float(np.median(v)) for k, v in ms.items()}
     for k, v in med.items(): print_(f"{k:20s} {v:6.2f} ms/step")
-    fastai_own, lean_own, graph_own = (med[k] - med['hand-written loop'] for k in ("fastai's Learner", 'LeanLearner', '+ step_graph'))
+    own = {k: med[k] - med['hand-written loop'] for k in med}
+    fastai_own, lean_own = own["fastai's Learner"], own['LeanLearner']
     print_(f"the loop's own time per step over the hand-written one: fastai's Learner {fastai_own:.2f} ms, LeanLearner {lean_own:.2f} ms, "
-           f"with step_graph {graph_own:.2f} ms "
-           f"(KD, batch 64, networks too small to matter, median of {rounds} interleaved rounds)")
+           + (f"with step_graph {own['+ step_graph']:.2f} ms " if '+ step_graph' in own else '')
+           + f"(KD, batch 64, networks too small to matter, median of {rounds} interleaved rounds)")
     return med

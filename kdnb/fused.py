@@ -81,7 +81,10 @@ class FusedStudents(nn.Module):
         self.threads.share(x)  # read by every member
         # members draw from one random generator: a forward that draws (dropout, stochastic depth) runs in order, so runs repeat
         if self.training and self.draws is None: self.outs, self.draws = self._forward_in_order(x)
-        else: self.outs = self.threads.map(lambda m: m(x), self.members, in_order=self.training and self.draws)
+        elif self.training: self.outs = self.threads.map(lambda m: m(x), self.members, in_order=self.draws)
+        # in inference, each call of a network compiled with CUDA graphs (compile=reduce-overhead) begins a new step of PyTorch's
+        # CUDA graph trees, whose memory the next member's output may take over: each output is copied out before the next call
+        else: self.outs = self.threads.map(lambda m: m(x).clone(), self.members)
         return torch.stack(self.outs)
     def _forward_in_order(self, x) -> tuple[list, bool]:
         outs, draws = [], False
