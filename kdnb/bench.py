@@ -261,7 +261,9 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
     loops = {m: KdnbLoop(t_name, s_name, ds, speed, 'fp32', bs, device, 0, methods=(m,)) for m in methods}
     loops['fused'] = KdnbLoop(t_name, s_name, ds, speed, 'fp32', bs, device, 0, methods=tuple(methods))
     streams = 'fused, a stream each'
-    if cuda and 'streams' not in speed:  # the speed option `streams`, not in `fast` until measured: timed beside the plain fused run
+    sp = parse_speed(speed, device)
+    # the speed option `streams`, not in `fast` until measured, is timed beside the plain fused run (it does not go with CUDA graphs)
+    if cuda and not sp.streams and not sp.cuda_graphs:
         loops[streams] = KdnbLoop(t_name, s_name, ds, f'{speed},streams', 'fp32', bs, device, 0, methods=tuple(methods))
     if (mt := loops['fused'].learn.model.threads).workers > 1:
         print_(f"the fused students run side by side on {mt.workers} worker threads of {mt.threads} intra-op thread(s) each (MemberThreads)")

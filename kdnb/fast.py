@@ -54,6 +54,10 @@ class Speed:
 
     @property
     def precision(self) -> str: return 'bf16' if self.bf16 else 'fp32'
+    @property
+    def cuda_graphs(self) -> bool:
+        "Whether compiled networks replay as CUDA graphs on a GPU: PyTorch's CUDA graph trees record them in modes reduce-overhead and max-autotune."
+        return self.compile in ('reduce-overhead', 'max-autotune')
 
     def __str__(self): return ','.join(f.name + (f'={v}' if f.name == 'compile' else '') for f in fields(self) if f.name != 'bf16' and (v := getattr(self, f.name))) or 'off'
 
@@ -64,7 +68,7 @@ def parse_speed(text:str|Speed|None='auto', device=None, precision:str|None=None
     try: device = torch.device(device or default_device())  # a device this machine lacks is refused when a run starts
     except RuntimeError: raise KdnbError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
     if precision not in (None, *PRECISIONS): raise KdnbError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if isinstance(text, Speed): return (text if precision is None else replace(text, bf16=precision == 'bf16')).on(device)
+    if isinstance(text, Speed): return _checked_speed((text if precision is None else replace(text, bf16=precision == 'bf16')).on(device))
     parts = [p.strip() for p in str(text or 'auto').split(',') if p.strip()]
     base = parts.pop(0) if parts and parts[0] in (*SPEED_PRESETS, 'auto') else 'off'
     s = SPEED_PRESETS['fast' if base == 'auto' and device.type == 'cuda' else 'off' if base == 'auto' else base]
@@ -78,7 +82,14 @@ def parse_speed(text:str|Speed|None='auto', device=None, precision:str|None=None
             if mode not in (None, *COMPILE_MODES): raise KdnbError(f"compile mode {val!r}: choose one of {', '.join(COMPILE_MODES)}")
             s = replace(s, compile=mode)
         else: s = replace(s, **{name: not p.startswith('-')})
-    return replace(s, bf16=precision == 'bf16').on(device)
+    return _checked_speed(replace(s, bf16=precision == 'bf16').on(device))
+
+def _checked_speed(s:Speed) -> Speed:
+    if s.streams and s.cuda_graphs:  # graphs replay on whichever stream is current, in one memory pool, with no wait between streams
+        raise KdnbError(f"the speed options streams and compile={s.compile} do not go together: CUDA graphs of students on streams of their own "
+                        "would share one memory pool and overwrite each other's tensors; leave streams out (step_graph makes a fused step one graph)")
+    return s
+
 
 # %% ../nbs/06e_fast.ipynb #ce00d56e
 def reflect_pad(images:torch.Tensor, pad:int) -> torch.Tensor:

@@ -82,7 +82,7 @@ class FusedStudents(nn.Module):
         # members draw from one random generator: a forward that draws (dropout, stochastic depth) runs in order, so runs repeat
         if self.training and self.draws is None: self.outs, self.draws = self._forward_in_order(x)
         elif self.training: self.outs = self.threads.map(lambda m: m(x), self.members, in_order=self.draws)
-        # in inference, each call of a network compiled with CUDA graphs (compile=reduce-overhead) begins a new step of PyTorch's
+        # in inference, each call of a network compiled with CUDA graphs (`Speed.cuda_graphs`) begins a new step of PyTorch's
         # CUDA graph trees, whose memory the next member's output may take over: each output is copied out before the next call
         else: self.outs = self.threads.map(lambda m: m(x).clone(), self.members)
         return torch.stack(self.outs)
