@@ -81,7 +81,7 @@ def _known_dataset(v):
 
 def _speed_options(v):
     from kdnb.fast import parse_speed
-    parse_speed(v, 'cpu')
+    parse_speed(v, 'cuda')  # read as a GPU reads it (a CPU drops the GPU-only options): what a GPU would refuse is refused before any run
 
 def _mapping(v):
     if not isinstance(v, dict): raise KdnbError(f"hparams must map hyper-parameter names to values, not {v!r}")
