@@ -20,9 +20,8 @@ from fastai.callback.core import (CancelBatchException, CancelBackwardException,
 from fastcore.xtras import modify_exception
 from fastcore.basics import noop
 from fastai.learner import Learner, Recorder, AvgSmoothLoss, AvgLoss, AvgMetric
-from fastai.torch_core import find_bs
 from fastai.callback.progress import ProgressCallback
-from fastai.torch_core import default_device
+from fastai.torch_core import default_device, find_bs
 from .data import WithIndex, ImageArrayDataset, get_dataset, _head, drops_last_batch, CIFAR10_STATS, CIFAR100_STATS
 
 # %% auto #0
@@ -85,6 +84,7 @@ def parse_speed(text:str|Speed|None='auto', device=None, precision:str|None=None
     return _checked_speed(replace(s, bf16=precision == 'bf16').on(device))
 
 def _checked_speed(s:Speed) -> Speed:
+    "`s`, unless its options cannot go together."
     if s.streams and s.cuda_graphs:  # graphs replay on whichever stream is current, in one memory pool, with no wait between streams
         raise KdnbError(f"the speed options streams and compile={s.compile} do not go together: CUDA graphs of students on streams of their own "
                         "would share one memory pool and overwrite each other's tensors; leave streams out (step_graph makes a fused step one graph)")
