@@ -263,7 +263,7 @@ _CANCELS = (CancelBatchException, CancelBackwardException, CancelEpochException,
             CancelValidException)
 
 class LeanLearner(Learner):
-    "A fastai `Learner` that calls each event only on the callbacks that define it, and reads no GPU value in a training batch."
+    "A fastai `Learner` that calls each event only on the callbacks that define it, and reads no GPU value in a batch."
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         for fastai_cb, lean_cb in ((Recorder, LeanRecorder), (ProgressCallback, LeanProgress)):
