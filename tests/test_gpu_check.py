@@ -63,6 +63,13 @@ def test_budget_leaves_steps_for_another_call(tmp_path):
     assert report.index('## kdnb bench --dispatch') < report.index('## Environment'), report  # the order of GPU_CHECK_STEPS, not the script's
     assert report.rstrip().endswith('GPU_CHECK_STEPS=install,dispatch,env bash .ci/gpu-check DIR'), report
 
+def test_step_needing_more_than_is_left_is_not_started(tmp_path):
+    "A step is not started with less than a quarter of its time limit left (the GPU tests: 420 s), even when 30 s or more remain."
+    r = subprocess.run(['bash', ROOT/'.ci'/'gpu-check', tmp_path], env={**os.environ, 'GPU_CHECK_STEPS': 'tests', 'GPU_CHECK_BUDGET': '60'},
+                       capture_output=True, text=True, timeout=60)
+    report = (tmp_path/'gpu-check.md').read_text()
+    assert r.returncode == 3 and '## GPU-marked tests: skipped' in report and not (tmp_path/'tests.log').exists(), (r.returncode, report)
+
 def test_unknown_step_is_refused_before_anything_runs(tmp_path):
     "A misspelt step in GPU_CHECK_STEPS stops the check at once, naming it and the steps there are."
     r = subprocess.run(['bash', ROOT/'.ci'/'gpu-check', tmp_path], env={**os.environ, 'GPU_CHECK_STEPS': 'env,bnech'},
