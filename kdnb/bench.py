@@ -128,15 +128,15 @@ class KdnbLoop:
     def time(self, n:int) -> float: return self.run(StepTimer(2, n, self.device)).seconds
 
 # %% ../nbs/15_bench.ipynb #dc4662be
-def interleaved_rounds(loops:dict, rounds:int, measure:Callable, needed=(), after_round:Callable|None=None, print_=print) -> dict:
-    "{name: [measure(loop), one per round]}: each round measures every loop of `loops` in turn; one that fails is dropped with a note, the others go on (a failure of one in `needed` is raised)."
+def interleaved_rounds(loops:dict, rounds:int, measure:Callable, needed=(), after_round:Callable|None=None, stage:str|None=None, print_=print) -> dict:
+    "{name: [measure(loop), one per round]}: each round measures every loop of `loops` in turn; one that fails is dropped with a note (naming `stage`, default the round), the others go on (a failure of one in `needed` is raised)."
     out = {k: [] for k in loops}
     for i in range(rounds):
         for k, loop in list(loops.items()):
             try: out[k].append(measure(loop))
             except Exception as e:  # e.g. a compiled step recording its graph again in a later fit: the other figures stay
                 if k in needed: raise
-                print_(f"note: {k} failed in round {i + 1} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); the others go on without it")
+                print_(f"note: {k} failed in {stage or f'round {i + 1}'} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); the others go on without it")
                 del loops[k], out[k]
         if after_round and i < rounds - 1: after_round(i, out)  # figures so far: a bench cut short by a time limit still leaves some
     return out
@@ -204,12 +204,9 @@ def run_bench(device=None, pair:str|None=None, steps:int|None=None, warmup:int=5
         except Exception as e:  # a variant that cannot run (e.g. compile without a compiler) is reported, not fatal
             print_(f"{label:52s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"); continue
         if loops[label].build_s: notes[label] = f"  (cache of {min(cache_images, images)} images x 162 views, built once in {loops[label].build_s:.1f} s)"
-    warm = {}
-    for label, loop in list(loops.items()):  # warm-up: compilation, autotuning, first allocations
-        t0 = time.perf_counter()
-        try: loop.time(max(warmup, 1)); warm[label] = time.perf_counter() - t0
-        except Exception as e: print_(f"{label:52s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"); del loops[label]
-    print_("warm-up (compilation, autotuning) in s: " + ', '.join(f"{k} {v:.1f}" for k, v in warm.items()))
+    def warm_up(loop): t0 = time.perf_counter(); loop.time(max(warmup, 1)); return time.perf_counter() - t0  # compilation, autotuning, first allocations
+    warm = interleaved_rounds(loops, 1, warm_up, needed=('reference',), stage='the warm-up', print_=print_)
+    print_("warm-up (compilation, autotuning) in s: " + ', '.join(f"{k} {v:.1f}" for k, (v,) in warm.items()))
     rates = interleaved_rounds(loops, rounds, lambda loop: steps * bs / loop.time(steps), needed=('reference',), print_=print_,
                                after_round=lambda i, r: print_(f"img/s after round {i + 1} of {rounds}: " + ', '.join(f"{k} {np.median(v):.0f}" for k, v in r.items())))
     _print_rates(rates, notes, work, peak, print_)
@@ -267,12 +264,9 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
         loops[streams] = KdnbLoop(t_name, s_name, ds, f'{speed},streams', 'fp32', bs, device, 0, methods=tuple(methods))
     if (mt := loops['fused'].learn.model.threads).workers > 1:
         print_(f"the fused students run side by side on {mt.workers} worker threads of {mt.threads} intra-op thread(s) each (MemberThreads)")
-    for k, loop in list(loops.items()):
-        try: loop.time(max(warmup, 1))
-        except Exception as e:  # an option being tried must not cost the figures of the others
-            if k != streams: raise
-            print_(f"note: the fused run on streams failed ({type(e).__name__}: {e}); the others are timed without it"); del loops[k]
-    secs = interleaved_rounds(loops, rounds, lambda loop: loop.time(steps), needed=[k for k in loops if k != streams], print_=print_)
+    needed = [k for k in loops if k != streams]  # the option being tried must not cost the figures of the others
+    interleaved_rounds(loops, 1, lambda loop: loop.time(max(warmup, 1)), needed=needed, stage='the warm-up', print_=print_)
+    secs = interleaved_rounds(loops, rounds, lambda loop: loop.time(steps), needed=needed, print_=print_)
     for k, v in secs.items(): print_(f"{'fused (all students)' if k == 'fused' else k if k == streams else k + ' alone':24s} {steps * bs / np.median(v):9.0f} img/s  {np.median(v) / steps * 1e3:8.1f} ms/step")
     fused = np.array(secs['fused'])
     if 'KD' in methods:
@@ -490,12 +484,10 @@ def dispatch_bench(steps:int=100, rounds:int=5, print_=print) -> dict:
     threads = torch.get_num_threads(); torch.set_num_threads(1)
     def timed(f): t0 = time.perf_counter(); f(); return (time.perf_counter() - t0) / steps * 1e3
     try:
-        loops = _dispatch_loops(steps)
-        try: loops['+ step_graph']()  # its warm-up compiles the step with inductor's C++ backend, which needs a C++ compiler
-        except Exception as e: print_(f"note: + step_graph failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); timed without it"); del loops['+ step_graph']
-        for k, f in loops.items():
-            if k != '+ step_graph': f()  # warm-up
-        ms = interleaved_rounds(loops, rounds, timed, needed=("fastai's Learner", 'LeanLearner', 'hand-written loop'), print_=print_)
+        loops, needed = _dispatch_loops(steps), ("fastai's Learner", 'LeanLearner', 'hand-written loop')
+        # step_graph's warm-up compiles the step with inductor's C++ backend: without a C++ compiler, the others are timed alone
+        interleaved_rounds(loops, 1, lambda f: f(), needed=needed, stage='the warm-up', print_=print_)
+        ms = interleaved_rounds(loops, rounds, timed, needed=needed, print_=print_)
     finally: torch.set_num_threads(threads)
     med = {k: float(np.median(v)) for k, v in ms.items()}
     for k, v in med.items(): print_(f"{k:20s} {v:6.2f} ms/step")

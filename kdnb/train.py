@@ -171,7 +171,7 @@ class StepGraph(Callback):
         # dynamo keeps compiled graphs per code object and falls back to eager after 8 of them: with a copy of its own, each
         # learner's step counts only its own graphs, however many runs (a bench's, the fused bench's seven) share the process
         step = types.FunctionType(_training_step.__code__.replace(), _training_step.__globals__, _training_step.__name__)
-        self.train_step, self.code, self.plugged, self.rates = torch.compile(step, mode=mode, dynamic=False), step.__code__, None, {}
+        self.train_step, self.code, self.plugged = torch.compile(step, mode=mode, dynamic=False), step.__code__, None
     def plug(self, loss:nn.Module, inputs:Callable, record:Callable):
         "Train on `loss`, a module around the learner's model mapping (x, y, *inputs()) to (loss, terms); hand each batch's terms to `record`."
         self.plugged = loss, inputs, record
