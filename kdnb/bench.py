@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/bench.html.md"""
 
 # %% ../nbs/15_bench.ipynb #b1f74a7c
 from __future__ import annotations
-import copy, tempfile, time
+import tempfile, time
 from pathlib import Path
 from typing import Callable
 from .core import KdnbError, check_number, check_device
@@ -26,8 +26,8 @@ from .fast import Speed, parse_speed, prepare_models, array_dataloaders, load_or
 # %% auto #0
 __all__ = ['BF16_PEAK_TFLOPS', 'MAIN_METHODS', 'bf16_peak_tflops', 'forward_flops', 'ReferenceLoop', 'StepTimer', 'KdnbLoop',
            'interleaved_rounds', 'variants', 'parse_pair', 'synthetic_cifar', 'run_bench', 'accuracy_check',
-           'run_fused_bench', 'StackedStudents', 'GraphedKDSteps', 'overlap_bench', 'name_events', 'StepProfiler',
-           'host_times', 'profile_bench', 'data_bench', 'dispatch_bench']
+           'run_fused_bench', 'GraphedKDSteps', 'overlap_bench', 'name_events', 'StepProfiler', 'host_times',
+           'profile_bench', 'data_bench', 'dispatch_bench']
 
 # %% ../nbs/15_bench.ipynb #c1c330bf
 BF16_PEAK_TFLOPS = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., '4090': 165.}
@@ -257,17 +257,19 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
            f"each alone, then all in one fused run; {rounds} interleaved rounds of {steps} timed steps")
     loops = {m: KdnbLoop(t_name, s_name, ds, speed, 'fp32', bs, device, 0, methods=(m,)) for m in methods}
     loops['fused'] = KdnbLoop(t_name, s_name, ds, speed, 'fp32', bs, device, 0, methods=tuple(methods))
-    streams = 'fused, a stream each'
+    streams, stacked = 'fused, a stream each', 'fused, stacked'
     sp = parse_speed(speed, device)
-    # the speed option `streams`, not in `fast` until measured, is timed beside the plain fused run (it does not go with CUDA graphs)
-    if cuda and not sp.streams and not sp.cuda_graphs:
+    # the speed options `streams` and `stacked`, not in `fast` until measured, are timed beside the plain fused run where they apply
+    if cuda and not sp.streams and not sp.cuda_graphs and not sp.stacked:
         loops[streams] = KdnbLoop(t_name, s_name, ds, f'{speed},streams', 'fp32', bs, device, 0, methods=tuple(methods))
+    if not (sp.stacked or sp.streams or sp.compile or sp.step_graph):
+        loops[stacked] = KdnbLoop(t_name, s_name, ds, f'{speed},stacked', 'fp32', bs, device, 0, methods=tuple(methods))
     if (mt := loops['fused'].learn.model.threads).workers > 1:
         print_(f"the fused students run side by side on {mt.workers} worker threads of {mt.threads} intra-op thread(s) each (MemberThreads)")
-    needed = [k for k in loops if k != streams]  # the option being tried must not cost the figures of the others
+    needed = [k for k in loops if k not in (streams, stacked)]  # an option being tried must not cost the figures of the others
     interleaved_rounds(loops, 1, lambda loop: loop.time(max(warmup, 1)), needed=needed, stage='the warm-up', print_=print_)
     secs = interleaved_rounds(loops, rounds, lambda loop: loop.time(steps), needed=needed, print_=print_)
-    for k, v in secs.items(): print_(f"{'fused (all students)' if k == 'fused' else k if k == streams else k + ' alone':24s} {steps * bs / np.median(v):9.0f} img/s  {np.median(v) / steps * 1e3:8.1f} ms/step")
+    for k, v in secs.items(): print_(f"{'fused (all students)' if k == 'fused' else k if k in (streams, stacked) else k + ' alone':24s} {steps * bs / np.median(v):9.0f} img/s  {np.median(v) / steps * 1e3:8.1f} ms/step")
     fused = np.array(secs['fused'])
     if 'KD' in methods:
         r = fused / np.array(secs['KD'])
@@ -278,28 +280,22 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
     if streams in secs:
         r = fused / np.array(secs[streams])
         print_(f"one CUDA stream per student (speed option streams): {np.median(r):.2f}x the speed of the fused run on one stream (range {r.min():.2f}-{r.max():.2f})")
+    if stacked in secs:
+        r = fused / np.array(secs[stacked])
+        kd = f"; {np.median(np.array(secs[stacked]) / np.array(secs['KD'])):.2f}x the time of one KD run alone" if 'KD' in methods else ''
+        print_(f"the students as one network (speed option stacked): {np.median(r):.2f}x the speed of the fused run (range {r.min():.2f}-{r.max():.2f}){kd}")
     r = np.sum([secs[m] for m in methods], axis=0) / fused
     print_(f"speed-up of fused over one after another: {np.median(r):.2f}x ({len(methods)} students, median of {rounds} rounds; range {r.min():.2f}-{r.max():.2f})")
     return secs
 
 # %% ../nbs/15_bench.ipynb #3128ff41
-class StackedStudents:
-    "Students of one architecture run as one network (`torch.func.stack_module_state` and `vmap`): each layer once for all of them, a convolution as one grouped convolution."
-    def __init__(self, students:list[nn.Module]):
-        self.params, self.buffers = torch.func.stack_module_state(students)  # copies, one tensor per name with the students along dim 0
-        self.base = copy.deepcopy(students[0]).to('meta')  # the architecture alone: every tensor comes from the stacks
-    def _one(self, params, buffers, x): return torch.func.functional_call(self.base, (params, buffers), (x,))
-    def __call__(self, x:torch.Tensor) -> torch.Tensor:
-        "Every student's logits of `x`: (students, batch, classes)."
-        return torch.vmap(self._one, in_dims=(0, 0, None))(self.params, self.buffers, x)
-
 class GraphedKDSteps:
-    "One teacher forward and the KD training steps of `students` on a fixed batch, on a GPU recorded once as one CUDA graph; `layout`: the students one after another ('one'), each on a CUDA stream of its own ('streams'), or as one network (`StackedStudents`, 'stacked')."
+    "One teacher forward and the KD training steps of `students` on a fixed batch, on a GPU recorded once as one CUDA graph; `layout`: the students one after another ('one'), each on a CUDA stream of its own ('streams'), or as one network (`kdnb.fused.StudentStack`, 'stacked')."
     def __init__(self, teacher:nn.Module, students:list[nn.Module], x:torch.Tensor, y:torch.Tensor, layout:str='one'):
-        self.teacher, self.x, self.y, self.layout = teacher, x, y, layout
-        self.students = [StackedStudents(students)] if layout == 'stacked' else students
-        params = [s.params.values() if layout == 'stacked' else s.parameters() for s in self.students]
-        self.opts = [torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4) for p in params]
+        from kdnb.fused import StudentStack
+        self.teacher, self.students, self.x, self.y, self.layout = teacher, students, x, y, layout
+        self.stack = StudentStack(students) if layout == 'stacked' else None
+        self.opts = [torch.optim.SGD(s.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4) for s in students]
         self.streams = [torch.cuda.Stream(x.device) for _ in students] if layout == 'streams' else None
         self.graph = None
         if not x.is_cuda: return  # each step runs as it is called
@@ -311,15 +307,16 @@ class GraphedKDSteps:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph): self.step()
     def _train(self, k:int):
-        z = self.students[k](self.x)
-        n = len(z) if self.layout == 'stacked' else 1  # stacked: every student's logits at once, their losses summed
-        z = z.flatten(0, -2)
+        "Student `k`'s step; stacked, every student's step at once (their losses summed)."
+        z = self.stack(self.x) if self.stack else self.students[k](self.x)[None]
+        n, z = len(z), z.flatten(0, -2)
         (n * (0.1 * F.cross_entropy(z, self.y.repeat(n)) + 0.9 * kd_loss(z, self.t.repeat(n, 1), 4.))).backward()
-        self.opts[k].step(); self.opts[k].zero_grad(set_to_none=False)  # the gradients stay where the graph wrote them
+        for opt in (self.opts if self.stack else [self.opts[k]]):
+            opt.step(); opt.zero_grad(set_to_none=False)  # the gradients stay where the graph wrote them
     def step(self):
         with torch.no_grad(): self.t = self.teacher(self.x)  # kept on `self`: every student's stream reads it
         if self.streams is None:
-            for k in range(len(self.students)): self._train(k)
+            for k in range(1 if self.stack else len(self.students)): self._train(k)
             return
         main = torch.cuda.current_stream()
         for k, s in enumerate(self.streams):

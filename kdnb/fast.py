@@ -44,6 +44,7 @@ class Speed:
     teacher_cache: bool = False
     cudnn_benchmark: bool = False
     streams: bool = False
+    stacked: bool = False
     step_graph: bool = False
 
     def on(self, device) -> Speed:
@@ -88,6 +89,9 @@ def _checked_speed(s:Speed) -> Speed:
     if s.streams and s.cuda_graphs:  # graphs replay on whichever stream is current, in one memory pool, with no wait between streams
         raise KdnbError(f"the speed options streams and compile={s.compile} do not go together: CUDA graphs of students on streams of their own "
                         "would share one memory pool and overwrite each other's tensors; leave streams out (step_graph makes a fused step one graph)")
+    if s.stacked and (other := 'streams' if s.streams else 'step_graph' if s.step_graph else f'compile={s.compile}' if s.compile else None):
+        raise KdnbError(f"the speed options stacked and {other} do not go together: stacked runs the fused students as one network, "
+                        f"{other} runs or compiles each student's own; leave one of them out")
     return s
 
 
@@ -289,7 +293,7 @@ class LeanLearner(Learner):
                 try: getattr(cb, event_name, noop)()
                 except _CANCELS: raise
                 except Exception as e: raise modify_exception(e, f'Exception occured in `{cb.__class__.__name__}` when calling event `{event_name}`:\n\t{e.args[0]}', replace=True)
-            if event_name == 'after_fit': cb.run = True  # fastai resets a cancelled callback here
+            if event_name == 'after_fit': cb.run = True  # as fastai does: a callback cancelled during a fit runs again in the next
     def event_callbacks(self, event_name:str) -> list:
         "The callbacks that `event_name` reaches, in fastai's order (cached until the callbacks or their orders change)."
         key = tuple((id(cb), cb.order) for cb in self.cbs)
@@ -324,7 +328,7 @@ class TeacherLogitCache:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, teacher:nn.Module, dl:DeviceImageLoader, bs:int=1024, dtype=torch.float16, bf16:bool=False, key:str='', progress=False):
+    def build(cls, teacher:nn.Module, dl:DeviceImageLoader, bs:int=1024, dtype=torch.float32, bf16:bool=False, key:str='', progress=False):
         "Run `teacher` (eval mode) on all `dl.n_views` views of every image of `dl`."
         from fastprogress.fastprogress import progress_bar
         dev = dl.padded.device
@@ -339,7 +343,7 @@ class TeacherLogitCache:
                 out[idx, v] = z.to(dtype)
         return cls(out, key)
 
-def cache_key(teacher_ckpt, dl:DeviceImageLoader, dtype=torch.float16, bf16:bool=False) -> str:
+def cache_key(teacher_ckpt, dl:DeviceImageLoader, dtype=torch.float32, bf16:bool=False) -> str:
     "What the cached logits depend on: teacher weights, images, labels, transforms, precision."
     h = hashlib.sha256()
     with open(teacher_ckpt, 'rb') as f:
@@ -350,7 +354,7 @@ def cache_key(teacher_ckpt, dl:DeviceImageLoader, dtype=torch.float16, bf16:bool
                    *([dl.padding] if dl.padding != 'reflect' else []))).encode())  # the keys of reflect-padded caches built before
     return h.hexdigest()[:16]
 
-def load_or_build_cache(teacher:nn.Module, teacher_ckpt, dl:DeviceImageLoader, cache_dir=None, dtype=torch.float16, bf16:bool=False,
+def load_or_build_cache(teacher:nn.Module, teacher_ckpt, dl:DeviceImageLoader, cache_dir=None, dtype=torch.float32, bf16:bool=False,
                         progress=False) -> TeacherLogitCache:
     "The teacher's logit cache from `cache_dir` (default: `logit_cache/` beside the checkpoint), built and saved if missing or stale."
     key = cache_key(teacher_ckpt, dl, dtype, bf16)

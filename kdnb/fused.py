@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/fused.html.md"""
 
 # %% ../nbs/10a_fused.ipynb #edcf2bc4
 from __future__ import annotations
-import time
+import copy, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import fields, replace
@@ -16,7 +16,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from fastai.learner import AvgMetric, ValueMetric
 from fastai.torch_core import set_seed, trainable_params, default_device
 from fastai.callback.core import Callback, CancelBackwardException
-from .models.core import FeatureHooks, create_model
+from .models.core import Features, FeatureHooks, create_model
 from .config import Recipe, RunConfig, FUSED_APART
 from .methods import METHODS, create_method
 from .train import (make_learner, top1, top5, epoch_in_run, check_batches, make_run_dataloaders,
@@ -28,9 +28,9 @@ from .distill import (DistillationModel, Distiller, logits_features, make_method
                       run_pre_stages, set_context, distill_model, number_run_maps, check_step_graph, _BatchLoss)
 
 # %% auto #0
-__all__ = ['MemberThreads', 'MemberStreams', 'FusedStudents', 'fused_ce', 'member_labels', 'member_metric', 'FusedDistiller',
-           'member_opt_state', 'fused_opt_state', 'fused_learner', 'FusedCheckpointer', 'fit_fused', 'fused_configs',
-           'distill_fused']
+__all__ = ['MemberThreads', 'MemberStreams', 'StudentStack', 'FusedStudents', 'fused_ce', 'member_labels', 'member_metric',
+           'FusedDistiller', 'member_opt_state', 'fused_opt_state', 'fused_learner', 'FusedCheckpointer', 'fit_fused',
+           'fused_configs', 'distill_fused']
 
 # %% ../nbs/10a_fused.ipynb #f29f0c0c
 class MemberThreads:
@@ -70,14 +70,65 @@ class MemberStreams:
         "Mark `t`, made on the current stream, as read on every member's stream too (its memory is not reused before they are done with it)."
         for s in self.streams: t.record_stream(s)
 
+# %% ../nbs/10a_fused.ipynb #16cf7bd8
+# PyTorch has no batching rule for `as_strided_`, which pooling a channels_last map calls: vmap runs that one op student by
+# student, at little cost, and would warn of it in every run
+warnings.filterwarnings('ignore', message='There is a performance drop because we have not yet implemented the batching rule for aten::as_strided_')
+
+class StudentStack:
+    "The students of fused members, of one architecture, run as one network (`torch.func.vmap` over their stacked weights); gradients and BatchNorm statistics go to each student's own tensors."
+    def __init__(self, nets:list[nn.Module]):
+        shapes = {(type(n), tuple((k, tuple(v.shape)) for k, v in n.state_dict().items())) for n in nets}
+        if len(shapes) > 1: raise KdnbError("the speed option stacked runs fused students of one architecture as one network, and these differ; leave stacked out")
+        self.nets, self.base = nets, copy.deepcopy(nets[0]).to('meta')  # the architecture alone: every tensor comes from the students
+        self.hooks, self.feats = {}, {}
+    def member_hooks(self, k:int, preact:bool=False) -> _StackedHooks:
+        "What stands in for student `k`'s own `FeatureHooks(preact=preact)`: its features from the stacked forward."
+        if preact not in self.hooks: self.hooks[preact] = FeatureHooks(self.base, preact=preact)
+        return _StackedHooks(self, k, preact)
+    def _one(self, params, buffers, x):
+        z = torch.func.functional_call(self.base, (params, buffers), (x,))
+        return z, {p: (f.stem, f.stages, f.final, f.embedding) for p, h in self.hooks.items() for f in [h.features(z)]}
+    def __call__(self, x:torch.Tensor) -> torch.Tensor:
+        "Every student's logits of `x`: (students, batch, classes)."
+        modes = {n.training for n in self.nets}
+        if len(modes) > 1: raise KdnbError("the speed option stacked needs every fused student in the same mode (training or eval); leave stacked out")
+        self.base.train(modes.pop())
+        params, bufs = [dict(n.named_parameters()) for n in self.nets], [dict(n.named_buffers()) for n in self.nets]
+        stacked = [{k: torch.stack([p[k] for p in ts]) for k in ts[0]} for ts in (params, bufs)]
+        try: z, self.feats = torch.vmap(self._one, in_dims=(0, 0, None), randomness='error')(*stacked, x)
+        except RuntimeError as e:
+            if 'randomness' not in str(e): raise
+            raise KdnbError(f"the speed option stacked cannot run {type(self.base).__name__}: its forward draws random numbers (dropout), which "
+                            "stacked students would not draw as their lone runs do; leave stacked out") from None
+        finally:
+            for h in self.hooks.values(): h.clear()  # they hold vmap's inner tensors, dead once it returns
+        if self.base.training and bufs[0]:  # BatchNorm updated the stacked running statistics: back into each student's own
+            torch._foreach_copy_([b[k] for b in bufs for k in b], [stacked[1][k][i] for i, b in enumerate(bufs) for k in b])
+        return z
+    def features(self, k:int, preact:bool, logits:torch.Tensor) -> Features:
+        "Student `k`'s features (after or before the activation) from the last forward."
+        stem, stages, final, emb = self.feats[preact]
+        return Features(stem[k], [s[k] for s in stages], final[k], emb[k], logits, self.hooks[preact].spec.last_map)
+
+class _StackedHooks:
+    "Student `k`'s features from a `StudentStack`, in place of its own `FeatureHooks`."
+    def __init__(self, stack:StudentStack, k:int, preact:bool): self.stack, self.k, self.preact = stack, k, preact
+    def features(self, logits:torch.Tensor) -> Features: return self.stack.features(self.k, self.preact, logits)
+    def clear(self): pass
+    def remove(self): pass
+
 # %% ../nbs/10a_fused.ipynb #5b95d80f
 class FusedStudents(nn.Module):
-    "Distillation models of one teacher run on the same batch, on `threads`; `forward` returns their logits stacked: (members, batch, classes)."
-    def __init__(self, members:list[DistillationModel], threads:MemberThreads|None=None):
+    "Distillation models of one teacher run on the same batch, on `threads` (or as one network, `stack`); `forward` returns their logits stacked: (members, batch, classes)."
+    def __init__(self, members:list[DistillationModel], threads:MemberThreads|None=None, stack:StudentStack|None=None):
         super().__init__()
-        self.members, self.threads = nn.ModuleList(members), threads or MemberThreads(1)
+        self.members, self.threads, self.stack = nn.ModuleList(members), threads or MemberThreads(1), stack
         self.outs, self.draws = [], None  # each member's own logits; whether a training forward draws random numbers
     def forward(self, x):
+        if self.stack is not None:
+            z = self.stack(x); self.outs = list(z.unbind(0))
+            return z
         self.threads.share(x)  # read by every member
         # members draw from one random generator: a forward that draws (dropout, stochastic depth) runs in order, so runs repeat
         if self.training and self.draws is None: self.outs, self.draws = self._forward_in_order(x)
@@ -131,7 +182,9 @@ class FusedDistiller(Distiller):
     def before_fit(self):
         self.source.to(next(self.learn.model.parameters()).device)
         methods = [m.method for m in self.members]
-        self.s_hooks = [FeatureHooks(m.student, preact=m.method.preact_student) if m.method.needs_features else None for m in self.members]
+        stack = self.learn.model.stack  # stacked students: their features come out of the one network's forward
+        self.s_hooks = [None if not m.method.needs_features else stack.member_hooks(k, m.method.preact_student) if stack
+                        else FeatureHooks(m.student, preact=m.method.preact_student) for k, m in enumerate(self.members)]
         self.t_hooks = {p: FeatureHooks(self.source.net, preact=p, detach=True) for p in {m.preact_teacher for m in methods if m.needs_features}}
         self.labels, self.losses = member_labels([m.method_name for m in methods]), None
         self.reset()
@@ -205,11 +258,13 @@ def fused_opt_state(states:list[dict]) -> dict:
 def fused_learner(dls, members:list[DistillationModel], teacher:nn.Module, recipe:Recipe, out, source=None, speed=None):
     "A `Learner` training `members` (each a `DistillationModel` of `teacher`) together: one teacher pass per batch, one parameter group per member."
     cpu = torch.device(dls.device or default_device()).type == 'cpu'
-    if cpu and not (speed and speed.compile): threads = MemberThreads(len(members))  # compiled code is traced one thread at a time
+    if speed and speed.stacked: threads = None  # one network: one forward, and one backward of the summed loss
+    elif cpu and not (speed and speed.compile): threads = MemberThreads(len(members))  # compiled code is traced one thread at a time
     elif not cpu and speed and speed.streams: threads = MemberStreams(len(members), dls.device)
     else: threads = None
     source = (source or default_source(teacher, [m.method for m in members])).prepare(speed or Speed())
-    learn = make_learner(dls, FusedStudents(members, threads), recipe, out, cbs=[FusedDistiller(source)], speed=speed,
+    stack = StudentStack([m.student for m in members]) if speed and speed.stacked else None
+    learn = make_learner(dls, FusedStudents(members, threads, stack), recipe, out, cbs=[FusedDistiller(source)], speed=speed,
                          splitter=lambda model: [trainable_params(m) for m in model.members])
     learn.loss_func = fused_ce
     return learn

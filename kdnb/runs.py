@@ -76,7 +76,7 @@ def prepare_run_dir(out, config:dict, resume:bool) -> dict|None:
     "Check `out` for `config`; return the checkpoint to resume from (or None to start fresh)."
     out = run_dir(out)
     trained = [f for f in RUN_FILES if (out/f).exists()]
-    if not trained:  # a new folder, or a start that failed before its first epoch: nothing to keep, so the (corrected) run starts here
+    if not trained:  # a new folder, or a start that failed before its first epoch: nothing to keep, so the (corrected) run starts afresh in it
         if is_main_process(): save_json(config, out/'config.json')
         return None
     old = _stored_config(out)

@@ -52,6 +52,20 @@ def test_distill_with_device_pipeline_and_teacher_cache(tmp_path):
     one_line_error(run_kdnb('distill', '--teacher', 'ResNet-8', '--student', 'ResNet-8', '--speed', 'fast,warp', '--out', tmp_path/'x', *common),
                    "unknown speed option 'warp'")
 
+def test_teacher_cache_trains_as_the_online_teacher(tmp_path):
+    "Speed option teacher_cache changes nothing a run computes: a KD run looking its teacher's logits up ends with the loss and weights of the run whose teacher runs online, to the last bits of fp32 (an fp16 cache's rounding fails this)."
+    from kdnb.train import train_model
+    from kdnb.distill import distill_model
+    common = dict(epochs=2, max_items=64, bs=16, progress=False, device='cpu')
+    train_model(model='ResNet-8', out=tmp_path/'t', speed='off,device_data', **common)
+    runs = {s: distill_model(model='ResNet-8', teacher='ResNet-8', teacher_ckpt=tmp_path/'t'/'last.pt', method='KD', speed=f'off,device_data{s}',
+                             out=tmp_path/f'kd{s}', **common) for s in ('', ',teacher_cache')}
+    assert runs[',teacher_cache']['config']['speed'] == 'device_data,teacher_cache', runs
+    online, cached = (runs[s]['last']['train_loss'] for s in ('', ',teacher_cache'))
+    assert abs(cached - online) <= 1e-6 * abs(online), (online, cached)
+    w = [torch.load(tmp_path/f'kd{s}'/'last.pt', weights_only=False)['model'] for s in ('', ',teacher_cache')]
+    assert all(torch.allclose(w[0][k].float(), w[1][k].float(), rtol=1e-5, atol=1e-7) for k in w[0]), 'the students\' weights differ'
+
 def test_compile_on_cpu(tmp_path):
     "torch.compile's path (inductor's C++ backend on a CPU): the compiled student trains like the eager one, the epoch's last partial batch included."
     common = dict(epochs=1, max_items=56, bs=16, progress=False, device='cpu')  # batches of 16, 16, 16 and 8
@@ -174,8 +188,8 @@ def test_no_batch_waits_for_the_gpu(device):
     assert not per_batch, f"waits in an epoch of 2 + 1 and of 4 + 2 training + validation batches: {per_batch}"
 
 @on_gpu
-def test_fused_students_on_streams():
-    "Speed option `streams`: fused students, each on a CUDA stream of its own (`MemberStreams`), train as they do on one stream."
+def test_fused_students_on_streams_and_stacked():
+    "Speed options `streams` and `stacked`: fused students, each on a CUDA stream of its own (`MemberStreams`) or as one network (`StudentStack`), train as they do one after another on one stream."
     import tempfile
     from kdnb.fast import array_dataloaders, parse_speed
     from kdnb.data import read_cifar10_subset, ImageArrayDataset, CIFAR10_STATS
@@ -191,16 +205,23 @@ def test_fused_students_on_streams():
         dls = array_dataloaders(first(96), first(32), CIFAR10_STATS, bs=32, device='cuda', seed=0)
         teacher, recipe = create_model('ResNet-8', 10).eval().cuda(), Recipe(epochs=1, milestones=(5,))
         members = [DistillationModel(create_model('ResNet-8', 10), teacher, make_method(m, 'ResNet-8', 'ResNet-8')[0]) for m in ('KD', 'AT', 'DIST')]
+        start = [torch.cat([p.detach().flatten() for p in m.student.parameters()]) for m in members]
         learn = fused_learner(dls, members, teacher, recipe, tempfile.mkdtemp(), speed=parse_speed(speed, 'cuda'))
         with learn.no_bar(), learn.no_logging(): learn.fit(1, lr=recipe.lr)
-        return learn
-    deterministic = torch.backends.cudnn.deterministic
-    torch.backends.cudnn.deterministic = True  # cuDNN's own run-to-run differences aside
-    try: one, each = train('off,device_data'), train('off,device_data,streams')
-    finally: torch.backends.cudnn.deterministic = deterministic
-    assert isinstance(each.model.threads, MemberStreams) and not isinstance(one.model.threads, MemberStreams)
+        return learn, start
+    deterministic, tf32 = torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32
+    # cuDNN's own run-to-run differences aside, and fp32 sums: TF32's 10-bit products would round grouped convolutions otherwise
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32 = True, False
+    try: (one, start), (each, _), (stacked, _) = (train(f'off,device_data{o}') for o in ('', ',streams', ',stacked'))
+    finally: torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32 = deterministic, tf32
+    assert isinstance(each.model.threads, MemberStreams) and not isinstance(one.model.threads, MemberStreams) and stacked.model.stack is not None
     for a, b in zip(one.model.members, each.model.members):
         for p, q in zip(a.student.parameters(), b.student.parameters()): assert torch.allclose(p, q, atol=1e-5), (p - q).abs().max()
+    # stacked, the convolutions are grouped ones, which sum in another order: the same training, to 2% of the weights' move
+    # (DIST's correlations of nearly flat distributions magnify rounding)
+    for a, b, w0 in zip(one.model.members, stacked.model.members, start):
+        wa, wb = (torch.cat([p.detach().flatten() for p in m.student.parameters()]) for m in (a, b))
+        assert (wa - wb).norm() < 0.02 * (wa - w0.to(wa.device)).norm(), ((wa - wb).norm(), (wa - w0.to(wa.device)).norm())
 
 def test_overlap_bench_needs_cuda(kdnb_main):
     one_line_error(kdnb_main('bench', '--overlap', '--device', 'cpu'), 'it needs a CUDA GPU', '--device cuda')
