@@ -101,7 +101,8 @@ def execute_cells(out, params_list:list[dict], notebook=None) -> list[dict]:
             for p, _ in run: log_event(out, p['cell_id'], 'start', **(dict(fused_in=first['cell_id']) if fused else {}))
             t0, error = time.time(), None
             try: pm.execute_notebook(str(notebook or experiment_notebook()), str(first_dir/'experiment.ipynb'), parameters={**first, 'fused': fused},
-                                     cwd=str(first_dir), kernel_name='python3', progress_bar=False, log_output=False)
+                                     cwd=str(first_dir), kernel_name='python3', progress_bar=False, log_output=False,
+                                     start_timeout=300)  # papermill's 60 s: too short for a kernel starting beside busy workers
             except Exception as e: error = e
             for p, note in run: outcomes[p['cell_id']] = _outcome(out, p['cell_id'], error, t0, note, first_dir/'experiment.ipynb')
     finally:
