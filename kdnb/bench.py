@@ -262,7 +262,7 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
     # the speed options `streams` and `stacked`, not in `fast` until measured, are timed beside the plain fused run where they apply
     if cuda and not sp.streams and not sp.cuda_graphs and not sp.stacked:
         loops[streams] = KdnbLoop(t_name, s_name, ds, f'{speed},streams', 'fp32', bs, device, 0, methods=tuple(methods))
-    if not (sp.stacked or sp.streams or sp.compile or sp.step_graph):
+    if not (sp.stacked or sp.streams or (sp.compile and not sp.step_graph)):  # with step_graph: the stacked step compiled
         loops[stacked] = KdnbLoop(t_name, s_name, ds, f'{speed},stacked', 'fp32', bs, device, 0, methods=tuple(methods))
     if (mt := loops['fused'].learn.model.threads).workers > 1:
         print_(f"the fused students run side by side on {mt.workers} worker threads of {mt.threads} intra-op thread(s) each (MemberThreads)")

@@ -149,11 +149,11 @@ def set_context(m:Method, l:Learner):
     m.step, m.batch_index = m.epoch * l.n_iter + l.iter, getattr(l, 'batch_index', None)
 
 class _BatchLoss(nn.Module):
-    "A training batch's distillation loss around the learner's model, one module (for `StepGraph`): (x, y, teacher features) -> (loss, terms)."
+    "A training batch's distillation loss around the learner's model, one module (for `StepGraph`): (x, y, teacher features[, the student's logits]) -> (loss, terms)."
     def __init__(self, model:nn.Module, loss_func, s_hooks:FeatureHooks|None=None, t_hooks:FeatureHooks|None=None):
         super().__init__(); self.model, self.loss_func, self.hooks = model, loss_func, (s_hooks, t_hooks)
-    def forward(self, x, y, t_feats:Features):
-        z = self.model(x)
+    def forward(self, x, y, t_feats:Features, z:torch.Tensor|None=None):
+        z = self.model(x) if z is None else z  # given when the student ran elsewhere: stacked with others (`kdnb.fused.StudentStack`)
         s_feats = self.hooks[0].features(z) if self.hooks[0] else logits_features(z)
         terms = unwrap(self.model).method(s_feats, t_feats, y, self.loss_func(z, y))
         # under torch.func no tensor of the step may outlive it: neither the student's features nor what a method's call of

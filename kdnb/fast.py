@@ -89,9 +89,10 @@ def _checked_speed(s:Speed) -> Speed:
     if s.streams and s.cuda_graphs:  # graphs replay on whichever stream is current, in one memory pool, with no wait between streams
         raise KdnbError(f"the speed options streams and compile={s.compile} do not go together: CUDA graphs of students on streams of their own "
                         "would share one memory pool and overwrite each other's tensors; leave streams out (step_graph makes a fused step one graph)")
-    if s.stacked and (other := 'streams' if s.streams else 'step_graph' if s.step_graph else f'compile={s.compile}' if s.compile else None):
+    if s.stacked and (other := 'streams' if s.streams else f'compile={s.compile}' if s.compile and not s.step_graph else None):
+        also = '' if s.streams else ', or add step_graph, which compiles the stacked students inside the whole step'
         raise KdnbError(f"the speed options stacked and {other} do not go together: stacked runs the fused students as one network, "
-                        f"{other} runs or compiles each student's own; leave one of them out")
+                        f"{other} runs or compiles each student's own; leave one of them out{also}")
     return s
 
 

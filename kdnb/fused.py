@@ -106,6 +106,9 @@ class StudentStack:
         if self.base.training and bufs[0]:  # BatchNorm updated the stacked running statistics: back into each student's own
             torch._foreach_copy_([b[k] for b in bufs for k in b], [stacked[1][k][i] for i, b in enumerate(bufs) for k in b])
         return z
+    def clear(self):
+        "Drop the last forward's features (under `torch.func`, as in the compiled step of `step_graph`, no tensor of a step may outlive it)."
+        self.feats = {}
     def features(self, k:int, preact:bool, logits:torch.Tensor) -> Features:
         "Student `k`'s features (after or before the activation) from the last forward."
         stem, stages, final, emb = self.feats[preact]
@@ -165,14 +168,17 @@ class _FusedBatchLoss(nn.Module):
     def __init__(self, fused:FusedStudents, s_hooks:list, t_hooks:dict):
         super().__init__()
         self.losses = nn.ModuleList(_BatchLoss(m, nn.CrossEntropyLoss(), h) for m, h in zip(fused.members, s_hooks))
-        self.t_hooks = t_hooks
+        self.t_hooks, self.stack = t_hooks, fused.stack
     def forward(self, x, y, t_logits, t_feats:dict):
+        # stacked students (speed option stacked): one forward of them all, inside the step; each member's loss on its logits
+        zs = self.stack(x).unbind(0) if self.stack is not None else [None] * len(self.losses)
         losses, terms = [], []
-        for member in self.losses:  # in order, as `FusedStudents` runs a forward that draws
+        for member, z in zip(self.losses, zs):  # in order, as `FusedStudents` runs a forward that draws
             m = member.model.method
-            loss, got = member(x, y, t_feats[m.preact_teacher] if m.needs_features else logits_features(t_logits))
+            loss, got = member(x, y, t_feats[m.preact_teacher] if m.needs_features else logits_features(t_logits), z)
             losses.append(loss); terms.append({'train_loss': loss.float(), **got})
         for h in self.t_hooks.values(): h.clear()  # under torch.func no tensor of the step may outlive it
+        if self.stack is not None: self.stack.clear()
         return sum(losses), terms
 
 class FusedDistiller(Distiller):
@@ -230,6 +236,7 @@ class FusedDistiller(Distiller):
         self.add_terms(terms)
         self.losses = losses if fused.threads.pool else None
         self.s_feats = self.t_feats = self.t_logits = fused.outs = None  # free the graph's references before backward
+        if fused.stack is not None: fused.stack.clear()
     def before_backward(self):
         if not self.losses: return
         losses, self.losses = self.losses, None
@@ -367,7 +374,8 @@ def _train_fused(members, configs, cfgs, t_net, dls, recipe, sp) -> list[int]:
         starts = [None if ckpts[k] else run_pre_stages(dls, members[k].student, t_net, members[k].method, recipe, outs[k], configs[k],
                                                         first.resume, first.progress) for k in todo]
         source = teacher_source(t_net, [members[k].method for k in todo], first, dls, sp)
-        for k in todo: prepare_models(sp, members[k].student, t_net)
+        # stacked students run as one network (compiled only inside the whole step, with step_graph), none compiled alone
+        for k in todo: prepare_models(replace(sp, compile=None) if sp.stacked else sp, members[k].student, t_net)
         learn = fused_learner(dls, [members[k] for k in todo], t_net, recipe, outs[todo[0]].parent, source, sp)
         try: fit_fused(learn, recipe, [outs[k] for k in todo], [configs[k] for k in todo], [ckpts[k] for k in todo], starts, first.progress)
         except KdnbError as e:  # e.g. one method's loss turned non-finite: the others must not be lost with it

@@ -89,13 +89,14 @@ def test_compile_on_cpu(tmp_path):
     assert [r['config']['method'] for r in fused] == ['KD', 'AT'] and all(r['last']['train_loss'] > 0 for r in fused), fused
 
 def test_step_graph_suits_cuda_graphs(tmp_path):
-    "The CPU twin of CUDA graph trees accepting the whole step (speed option step_graph): one graph a step, writing only static inputs (parameters, buffers, momentum)."
+    "The CPU twin of CUDA graph trees accepting the whole step (speed option step_graph), fused students stacked or not: one graph a step, writing only static inputs (parameters, buffers, momentum)."
     from kdnb.distill import distill_model
     from kdnb.config import RunConfig
     from kdnb.fused import distill_fused, fused_configs
     common = dict(model='ResNet-8', teacher='ResNet-8', epochs=1, max_items=48, bs=16, progress=False, device='cpu', speed='fast,compile=reduce-overhead,step_graph')
     for name, run in [('KD', lambda: distill_model(out=tmp_path/'kd', method='KD', **common)),
-                      ('fused AT,FitNet', lambda: distill_fused(fused_configs(RunConfig(method='AT', out=tmp_path/'fused', **common), ['AT', 'FitNet'])))]:
+                      ('fused AT,FitNet', lambda: distill_fused(fused_configs(RunConfig(method='AT', out=tmp_path/'fused', **common), ['AT', 'FitNet']))),
+                      ('stacked AT,FitNet', lambda: distill_fused(fused_configs(RunConfig(method='AT', out=tmp_path/'stacked', **{**common, 'speed': common['speed'] + ',stacked'}), ['AT', 'FitNet'])))]:
         with WrittenInputs() as w: run()
         steps = [g for g in w.graphs if g[0]]  # the teacher's and the validation's graphs write nothing
         assert len(steps) == 1 and len(steps[0][0]) > 50, (name, [len(g[0]) for g in w.graphs])  # one graph: no break splits the step
@@ -132,7 +133,8 @@ def test_gpu_paths(gpu_teacher, tmp_path, speed, precision):
     res = json.loads((tmp_path/'s'/'results.json').read_text())
     assert res['config']['precision'] == precision and 0 < res['last']['top1'] <= 1 and res['last']['train_loss'] == res['last']['train_loss']
 
-@pytest.mark.parametrize('speed', ['fast,compile=reduce-overhead', 'fast,compile=reduce-overhead,step_graph'])  # the second: one graph a step
+# the second: one graph a step; the third: the students stacked into one network inside it
+@pytest.mark.parametrize('speed', ['fast,compile=reduce-overhead', 'fast,compile=reduce-overhead,step_graph', 'fast,compile=reduce-overhead,step_graph,stacked'])
 @on_gpu
 def test_fused_gpu_paths(gpu_teacher, tmp_path, speed):
     "Fused students on the GPU, with CUDA graphs: one teacher pass feeding a logit method and a feature method (whose student's hooks come after a hookless student of its class was compiled), each written to its own folder."
