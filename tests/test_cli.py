@@ -121,13 +121,13 @@ def test_method_plugin_from_readme(kdnb_cli, kdnb_main, tmp_path, small_teacher)
                    "unknown method 'MyKD'")  # without the plugin installed
 
 def test_demo_shows_student_alone_and_with_kd(kdnb_cli, tmp_path):
-    "`make demo`'s command, one epoch each: teacher, student alone, student with KD side by side, their curves, one line per epoch in a log."
-    r = kdnb_cli('demo', '--out', tmp_path/'demo', '--teacher-epochs', '1', '--student-epochs', '1', check=True)
+    "`make demo`'s command, one epoch each on the first 1,024 images: teacher, student alone, student with KD side by side, their curves, one line per epoch in a log."
+    r = kdnb_cli('demo', '--out', tmp_path/'demo', '--teacher-epochs', '1', '--student-epochs', '1', '--max-items', '1024', check=True)
     assert '\r' not in r.stdout and sum(l.startswith('epoch 0  train_loss') for l in r.stdout.splitlines()) == 3, r.stdout
     for label in ['teacher WRN-16-2', 'student WRN-16-1 alone', 'student WRN-16-1 with KD', 'KD gain over the student alone']:
         assert label in r.stdout, r.stdout
     alone, kd = (json.loads((tmp_path/'demo'/d/'results.json').read_text())['config'] for d in ('student-alone', 'student-kd'))
-    assert (alone['model'], alone['seed'], alone['epochs']) == (kd['model'], kd['seed'], kd['epochs']) == ('WRN-16-1', 0, 1)
+    assert (alone['model'], alone['seed'], alone['epochs'], alone['max_items']) == (kd['model'], kd['seed'], kd['epochs'], kd['max_items']) == ('WRN-16-1', 0, 1, 1024)
     assert (tmp_path/'demo'/'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 def test_fused_distill_and_generic_hparams(kdnb_main, tmp_path):
