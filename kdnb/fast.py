@@ -187,7 +187,8 @@ def prepare_models(speed:Speed, trained:nn.Module, *others:nn.Module) -> nn.Modu
     torch.backends.cudnn.benchmark = speed.cudnn_benchmark
     for m in (trained, *others):
         if m is not None and speed.channels_last: m.to(memory_format=torch.channels_last)
-    if speed.compile: compile_network(trained, speed.compile)
+    # stacked students run as one network (`kdnb.fused.StudentStack`), compiled inside the whole step (step_graph), not one by one
+    if speed.compile and not speed.stacked: compile_network(trained, speed.compile)
     return trained
 
 def compile_network(net:nn.Module, mode:str) -> nn.Module:

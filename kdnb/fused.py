@@ -374,8 +374,7 @@ def _train_fused(members, configs, cfgs, t_net, dls, recipe, sp) -> list[int]:
         starts = [None if ckpts[k] else run_pre_stages(dls, members[k].student, t_net, members[k].method, recipe, outs[k], configs[k],
                                                         first.resume, first.progress) for k in todo]
         source = teacher_source(t_net, [members[k].method for k in todo], first, dls, sp)
-        # stacked students run as one network (compiled only inside the whole step, with step_graph), none compiled alone
-        for k in todo: prepare_models(replace(sp, compile=None) if sp.stacked else sp, members[k].student, t_net)
+        for k in todo: prepare_models(sp, members[k].student, t_net)
         learn = fused_learner(dls, [members[k] for k in todo], t_net, recipe, outs[todo[0]].parent, source, sp)
         try: fit_fused(learn, recipe, [outs[k] for k in todo], [configs[k] for k in todo], [ckpts[k] for k in todo], starts, first.progress)
         except KdnbError as e:  # e.g. one method's loss turned non-finite: the others must not be lost with it
