@@ -244,6 +244,11 @@ def accuracy_check(device, print_=print, epochs:int=3, max_items:int|None=None):
 # %% ../nbs/15_bench.ipynb #7feb65e2
 MAIN_METHODS = ('KD', 'FitNet', 'AT', 'DIST', 'SRD', 'SRDwithDIST')  # the reference's main table without DML, which trains a peer per student
 
+def _takes_option(speed:str, option:str, device) -> bool:
+    "Whether adding speed `option` to `speed` changes a run on `device`: not on already, not dropped there, not refused with the others."
+    try: return parse_speed(f'{speed},{option}', device) != parse_speed(speed, device)
+    except KdnbError: return False
+
 def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup:int=3, bs:int=64, images:int|None=None,
                     rounds:int|None=None, methods=MAIN_METHODS, speed:str='fast', print_=print) -> dict:
     "Time the students of `methods` trained one after another and in one fused run, in interleaved rounds; print the speed-up. Returns {name: [seconds per round]}."
@@ -258,12 +263,9 @@ def run_fused_bench(device=None, pair:str|None=None, steps:int|None=None, warmup
     loops = {m: KdnbLoop(t_name, s_name, ds, speed, 'fp32', bs, device, 0, methods=(m,)) for m in methods}
     loops['fused'] = KdnbLoop(t_name, s_name, ds, speed, 'fp32', bs, device, 0, methods=tuple(methods))
     streams, stacked = 'fused, a stream each', 'fused, stacked'
-    sp = parse_speed(speed, device)
     # the speed options `streams` and `stacked`, not in `fast` until measured, are timed beside the plain fused run where they apply
-    if cuda and not sp.streams and not sp.cuda_graphs and not sp.stacked:
-        loops[streams] = KdnbLoop(t_name, s_name, ds, f'{speed},streams', 'fp32', bs, device, 0, methods=tuple(methods))
-    if not (sp.stacked or sp.streams or (sp.compile and not sp.step_graph)):  # with step_graph: the stacked step compiled
-        loops[stacked] = KdnbLoop(t_name, s_name, ds, f'{speed},stacked', 'fp32', bs, device, 0, methods=tuple(methods))
+    for name, option in ((streams, 'streams'), (stacked, 'stacked')):
+        if _takes_option(speed, option, device): loops[name] = KdnbLoop(t_name, s_name, ds, f'{speed},{option}', 'fp32', bs, device, 0, methods=tuple(methods))
     if (mt := loops['fused'].learn.model.threads).workers > 1:
         print_(f"the fused students run side by side on {mt.workers} worker threads of {mt.threads} intra-op thread(s) each (MemberThreads)")
     needed = [k for k in loops if k not in (streams, stacked)]  # an option being tried must not cost the figures of the others
