@@ -41,12 +41,14 @@ def test_train_on_official_cifar100_layout(kdnb_cli, tmp_path):
     assert res['config']['num_classes'] == 100 and res['epochs'] == 1
     assert 'results.json' in r.stdout
 
+SMALL = ['--max-items', '512']  # what the runs below check does not need the whole subset
+
 @pytest.fixture(scope='module')
 def small_teacher(tmp_path_factory):
-    "A ResNet-8 trained for one epoch on the embedded subset."
+    "A ResNet-8 trained for one epoch on 512 images of the embedded subset (`SMALL`)."
     out = tmp_path_factory.mktemp('teacher')/'run'
     from conftest import run_kdnb
-    run_kdnb('train', '--model', 'ResNet-8', '--epochs', '1', '--out', out, '--no-progress', check=True)
+    run_kdnb('train', '--model', 'ResNet-8', '--epochs', '1', *SMALL, '--out', out, '--no-progress', check=True)
     return out
 
 def test_bad_teacher_checkpoints(kdnb_main, tmp_path, small_teacher):
@@ -62,12 +64,12 @@ def test_bad_teacher_checkpoints(kdnb_main, tmp_path, small_teacher):
 def test_out_dir_of_another_run_is_untouched(kdnb_main, tmp_path, small_teacher):
     before = {p.name: p.read_bytes() for p in small_teacher.iterdir() if p.is_file()}
     one_line_error(kdnb_main('train', '--model', 'ResNet-14', '--epochs', '1', '--out', small_teacher), 'holds another run', 'new --out')
-    one_line_error(kdnb_main('train', '--model', 'ResNet-8', '--epochs', '1', '--out', small_teacher), 'pass --resume')
+    one_line_error(kdnb_main('train', '--model', 'ResNet-8', '--epochs', '1', *SMALL, '--out', small_teacher), 'pass --resume')
     assert {p.name: p.read_bytes() for p in small_teacher.iterdir() if p.is_file()} == before
 
 def test_distill_from_checkpoint(kdnb_cli, tmp_path, small_teacher):
     r = kdnb_cli('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8',
-                 '--method', 'DIST', '--epochs', '1', '--out', tmp_path/'kd', '--no-progress', check=True)
+                 '--method', 'DIST', '--epochs', '1', *SMALL, '--out', tmp_path/'kd', '--no-progress', check=True)
     res = json.loads((tmp_path/'kd'/'results.json').read_text())
     assert res['config']['hparams'] == {'alpha': 1.0, 'beta': 2.0, 'gamma': 2.0, 'tau': 4.0}
     hist = (tmp_path/'kd'/'history.csv').read_text().splitlines()[0].split(',')
@@ -75,7 +77,7 @@ def test_distill_from_checkpoint(kdnb_cli, tmp_path, small_teacher):
 
 def test_fitnet_two_stage(kdnb_cli, tmp_path, small_teacher):
     kdnb_cli('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8', '--method', 'FitNet',
-             '--hint-epochs', '1', '--epochs', '1', '--out', tmp_path/'fit', '--no-progress', check=True)
+             '--hint-epochs', '1', '--epochs', '1', *SMALL, '--out', tmp_path/'fit', '--no-progress', check=True)
     hint = json.loads((tmp_path/'fit'/'hint'/'results.json').read_text())
     assert hint['config']['stage'] == 'hint' and 'hint' in (tmp_path/'fit'/'hint'/'history.csv').read_text().splitlines()[0]
     assert json.loads((tmp_path/'fit'/'results.json').read_text())['config']['hparams']['hint_epochs'] == 1

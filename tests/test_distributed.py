@@ -60,7 +60,7 @@ def test_cli_two_processes_write_once_resume_and_match_one(tmp_path):
     run_kdnb(*DISTIL, '--out', tmp_path/'one', check=True)
     two, one = (pd.read_csv(tmp_path/d/'history.csv').train_loss for d in ('whole', 'one'))
     assert abs(two[0] - one[0]) / one[0] < 0.03, (two[0], one[0])
-    r = run_kdnb(*DISTIL, '--out', tmp_path/'whole', '--resume')  # the same run in one process is another run
+    r = run_main(*DISTIL, '--out', tmp_path/'whole', '--resume')  # the same run in one process is another run
     assert r.returncode == 2 and 'processes: 2 there' in r.stderr, r.stderr
 
 def test_refused_in_several_processes(tmp_path):

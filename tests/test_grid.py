@@ -37,11 +37,11 @@ def test_smoke_grid_end_to_end(tmp_path):
     nb = json.loads((out/'cells/cifar10-subset/distill/WRN-16-2_WRN-16-1/KD/s1/experiment.ipynb').read_text())
     assert any('injected-parameters' in c['metadata'].get('tags', []) for c in nb['cells'])
     # the table: every row, mean +- std over the two seeds, the delta over the student
-    t = run_kdnb('grid', 'table', out, check=True).stdout
+    t = run_main('grid', 'table', out, check=True).stdout
     for s in ['| teacher -> student | WRN-16-2 -> WRN-16-1 |', '| Teacher |', '| Student |', '| KD |', '| SRD |', ' ± ']: assert s in t
     assert 'pending' not in t and (out/'table.csv').exists()
     # finished cells are never run again
-    r = run_kdnb('grid', 'run', SMOKE, '--out', out, check=True)
+    r = run_main('grid', 'run', SMOKE, '--out', out, check=True)
     assert '7 finished, 0 to run' in r.stdout and set(starts(out).values()) == {1}
     # a corrupt results file: reported, set aside, that cell (only) re-run
     victim = out/'cells/cifar10-subset/distill/WRN-16-2_WRN-16-1/SRD/s0'
@@ -203,7 +203,7 @@ def test_fused_grid(tmp_path):
         res = json.loads((out/'cells'/cid/'results.json').read_text())
         assert res['cell'] == cid and abs(res['evaluation']['top1'] - res['last']['top1']) < 1e-3 and len(res['fused_with']) == 2
         assert (out/'cells'/cid/'cell.json').exists() and 'fuse' not in json.loads((out/'cells'/cid/'cell.json').read_text())
-    t = run_kdnb('grid', 'table', out, check=True).stdout
+    t = run_main('grid', 'table', out, check=True).stdout
     assert '| KD |' in t and '| AT |' in t and 'pending' not in t
-    r = run_kdnb('grid', 'run', spec, '--out', out, check=True)
+    r = run_main('grid', 'run', spec, '--out', out, check=True)
     assert '5 finished, 0 to run' in r.stdout

@@ -54,18 +54,18 @@ def test_bad_trees_and_lists(tree, tmp_path):
                    'ImageNet has 1000 classes', 'holds 3', 'image-folder')
     assert not (tmp_path/'x').exists()
 
-def test_published_weights_never_downloaded_unasked(tree, tmp_path):
-    env = {'TORCH_HOME': str(tmp_path/'torch')}
-    r = run_kdnb('distill', '--teacher', 'torchvision:resnet18', '--teacher-weights', 'DEFAULT', '--student', 'MobileNetV1', '--dataset', 'ImageNet-lists',
-                 '--data-root', tree, '--out', tmp_path/'x', '--epochs', '1', '--device', 'cpu', env=env)
+def test_published_weights_never_downloaded_unasked(tree, tmp_path, monkeypatch):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path/'torch'))  # an empty hub cache: any weights asked for would have to be downloaded
+    r = run_main('distill', '--teacher', 'torchvision:resnet18', '--teacher-weights', 'DEFAULT', '--student', 'MobileNetV1', '--dataset', 'ImageNet-lists',
+                 '--data-root', tree, '--out', tmp_path/'x', '--epochs', '1', '--device', 'cpu')
     one_line_error(r, 'ImageNet-lists has 1000 classes')  # the data is checked first
-    r = run_kdnb('distill', '--teacher', 'torchvision:resnet18', '--teacher-weights', 'DEFAULT', '--student', 'MobileNetV1', '--dataset', 'image-lists',
-                 '--data-root', tree, '--out', tmp_path/'x', '--epochs', '1', '--device', 'cpu', env=env)
+    r = run_main('distill', '--teacher', 'torchvision:resnet18', '--teacher-weights', 'DEFAULT', '--student', 'MobileNetV1', '--dataset', 'image-lists',
+                 '--data-root', tree, '--out', tmp_path/'x', '--epochs', '1', '--device', 'cpu')
     one_line_error(r, 'weights IMAGENET1K_V1 classify 1000 classes, but the data has 3')
     one_line_error(run_main('distill', '--teacher', 'torchvision:resnet19', '--student', 'MobileNetV1', '--out', tmp_path/'x'),
                    "torchvision has no classifier 'resnet19'")
     # the ImageNet grid refuses to start without its teachers' weights, naming the file to place
-    r = run_kdnb('grid', 'run', ROOT/'grids'/'imagenet.yaml', '--out', tmp_path/'g', '--data-root', tree, env=env)
+    r = run_main('grid', 'run', ROOT/'grids'/'imagenet.yaml', '--out', tmp_path/'g', '--data-root', tree)
     one_line_error(r, "torchvision's resnet34 weights IMAGENET1K_V1 are not in", 'resnet34-')
     assert not (tmp_path/'g').exists()
 

@@ -8,7 +8,7 @@ from kdnb.models.core import create_model
 from kdnb.config import Recipe
 from kdnb.train import make_learner, fit_run
 from kdnb.data import subset_dataloaders
-from conftest import KDNB
+from conftest import KDNB, run_main
 
 RECIPE = Recipe(epochs=3, milestones=(2,), lr=0.05)
 
@@ -50,7 +50,7 @@ def test_step_graph_resumes_exactly(tmp_path):
 def test_kill_the_cli_and_resume(tmp_path):
     "A real SIGKILL mid-run: the checkpoint stays loadable and --resume completes the run."
     out = tmp_path/'run'
-    args = [*KDNB, 'train', '--model', 'ResNet-8', '--epochs', '3', '--out', str(out), '--no-progress']
+    args = [*KDNB, 'train', '--model', 'ResNet-8', '--epochs', '3', '--max-items', '1024', '--out', str(out), '--no-progress']
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (out/'last.pt').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.2)
@@ -63,7 +63,7 @@ def test_kill_the_cli_and_resume(tmp_path):
     assert hist.epoch.tolist() == [0, 1, 2], hist
     assert json.loads((out/'results.json').read_text())['epochs'] == 3
     # a finished run, asked to resume again, does nothing and reports its results
-    r2 = subprocess.run(args + ['--resume'], capture_output=True, text=True)
+    r2 = run_main(*args[len(KDNB):], '--resume')
     assert r2.returncode == 0 and 'results.json' in r2.stdout
 
 from kdnb.distill import distill_model

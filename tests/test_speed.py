@@ -1,7 +1,7 @@
 "Speed options end to end: `kdnb bench`, the device pipeline and the teacher cache through `kdnb distill`, and the GPU checks."
 import json, re
 import pytest, torch
-from conftest import run_kdnb, has_cuda, WrittenInputs
+from conftest import run_kdnb, run_main, has_cuda, WrittenInputs
 from test_cli import one_line_error
 
 def test_bench_cpu_prints_ratio():
@@ -10,7 +10,7 @@ def test_bench_cpu_prints_ratio():
     lines = r.stdout.strip().splitlines()
     assert re.fullmatch(r'ratio kdnb/reference: \d+\.\d\d \(best variant, median of 2 rounds; range \d+\.\d\d-\d+\.\d\d\)', lines[-1]), lines[-1]
     for label in ['reference', 'kdnb, all options off', '+ teacher cache']: assert any(l.startswith(label) for l in lines), r.stdout
-    one_line_error(run_kdnb('bench', '--device', 'cpu', '--pair', 'WRN-40-4'), 'TEACHER:STUDENT')
+    one_line_error(run_main('bench', '--device', 'cpu', '--pair', 'WRN-40-4'), 'TEACHER:STUDENT')
 
 def test_bench_fused_with_speed_options():
     "`kdnb bench --fused --speed S`: every loop timed (each student alone, then fused) trains with the speed options asked for."
@@ -18,7 +18,7 @@ def test_bench_fused_with_speed_options():
                    '--rounds', '1', '--warmup', '1', '--images', '128', check=True).stdout
     assert 'speed off: each alone' in out and re.search(r'speed-up of fused over one after another: \d+\.\d\dx \(2 students', out), out
     assert ('the fused students run side by side on 2 worker threads' in out) == (torch.get_num_interop_threads() > 1), out  # on a CPU of 2 cores or more
-    one_line_error(run_kdnb('bench', '--speed', 'off'), '--methods and --speed go with --fused or --profile')
+    one_line_error(run_main('bench', '--speed', 'off'), '--methods and --speed go with --fused or --profile')
 
 def test_bench_profile_shows_where_a_step_goes():
     "`kdnb bench --profile`: a step's wall time, the host time of each callback event, and a table of the costliest operations; a fused loop with --methods."
@@ -26,7 +26,7 @@ def test_bench_profile_shows_where_a_step_goes():
     out = run_kdnb(*common, '--methods', 'KD,AT', '--speed', 'off', check=True).stdout
     assert 'ResNet-8 -> ResNet-8 KD+AT, batch 16, cpu, speed off' in out and re.search(r'^wall \d+\.\d\d ms/step', out, re.M), out
     assert re.search(r'^host time per step: .*FusedDistiller\.after_loss \d+\.\d{3} ms', out, re.M) and 'Self CPU' in out, out
-    one_line_error(run_kdnb(*common, '--methods', 'Nope'), "unknown method 'Nope'")
+    one_line_error(run_main(*common, '--methods', 'Nope'), "unknown method 'Nope'")
 
 def test_bench_dispatch_prints_the_loops_own_time():
     "`kdnb bench --dispatch`: fastai's Learner, LeanLearner and a hand-written loop, per step, and the loop's own time over the hand-written one."
@@ -49,7 +49,7 @@ def test_distill_with_device_pipeline_and_teacher_cache(tmp_path):
     r = run_kdnb('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'ResNet-8',
                  '--method', 'SRD', '--speed', 'off,device_data,teacher_cache', '--out', tmp_path/'srd', *common, check=True)
     assert 'teacher_cache is off' in r.stdout
-    one_line_error(run_kdnb('distill', '--teacher', 'ResNet-8', '--student', 'ResNet-8', '--speed', 'fast,warp', '--out', tmp_path/'x', *common),
+    one_line_error(run_main('distill', '--teacher', 'ResNet-8', '--student', 'ResNet-8', '--speed', 'fast,warp', '--out', tmp_path/'x', *common),
                    "unknown speed option 'warp'")
 
 def test_teacher_cache_trains_as_the_online_teacher(tmp_path):
