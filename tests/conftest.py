@@ -21,8 +21,9 @@ def run_kdnb(*args, cwd=None, check=False, timeout=600, env=None):
     return _checked(r, check)
 
 def run_main(*args, check=False):
-    """`kdnb.cli.main` in this process, for commands that answer at once (listings, bad input): the command line's own code,
-    without the 10 s of interpreter start-up and imports each subprocess pays. Returns what `run_kdnb` returns."""
+    """`kdnb.cli.main` in this process: the command line's own code, without the 10 s of interpreter start-up and imports each
+    subprocess pays, for every command whose test is not about the process itself (listings, bad input, short runs); a kill, a
+    signal, torchrun, the installed console script or an environment read at import need `run_kdnb`. Returns what `run_kdnb` returns."""
     from kdnb.cli import main
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():

@@ -33,9 +33,9 @@ def test_missing_cifar100_without_network(kdnb_main, tmp_path):
     one_line_error(kdnb_main('train', '--model', 'ResNet-8', '--dataset', 'CIFAR-100', '--data-root', tmp_path, '--out', tmp_path/'r'),
                    'CIFAR-100'.lower().replace('-', ''), '--download')
 
-def test_train_on_official_cifar100_layout(kdnb_cli, tmp_path):
+def test_train_on_official_cifar100_layout(kdnb_main, tmp_path):
     write_fake_cifar100(tmp_path/'data', n_train=64, n_test=16)
-    r = kdnb_cli('train', '--model', 'ResNet-8', '--dataset', 'CIFAR-100', '--data-root', tmp_path/'data', '--epochs', '1',
+    r = kdnb_main('train', '--model', 'ResNet-8', '--dataset', 'CIFAR-100', '--data-root', tmp_path/'data', '--epochs', '1',
                  '--bs', '16', '--out', tmp_path/'run', '--no-progress', check=True)
     res = json.loads((tmp_path/'run'/'results.json').read_text())
     assert res['config']['num_classes'] == 100 and res['epochs'] == 1
@@ -67,16 +67,16 @@ def test_out_dir_of_another_run_is_untouched(kdnb_main, tmp_path, small_teacher)
     one_line_error(kdnb_main('train', '--model', 'ResNet-8', '--epochs', '1', *SMALL, '--out', small_teacher), 'pass --resume')
     assert {p.name: p.read_bytes() for p in small_teacher.iterdir() if p.is_file()} == before
 
-def test_distill_from_checkpoint(kdnb_cli, tmp_path, small_teacher):
-    r = kdnb_cli('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8',
+def test_distill_from_checkpoint(kdnb_main, tmp_path, small_teacher):
+    r = kdnb_main('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8',
                  '--method', 'DIST', '--epochs', '1', *SMALL, '--out', tmp_path/'kd', '--no-progress', check=True)
     res = json.loads((tmp_path/'kd'/'results.json').read_text())
     assert res['config']['hparams'] == {'alpha': 1.0, 'beta': 2.0, 'gamma': 2.0, 'tau': 4.0}
     hist = (tmp_path/'kd'/'history.csv').read_text().splitlines()[0].split(',')
     assert {'ce', 'inter', 'intra', 'top1', 'top5', 'valid_loss'} <= set(hist)
 
-def test_fitnet_two_stage(kdnb_cli, tmp_path, small_teacher):
-    kdnb_cli('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8', '--method', 'FitNet',
+def test_fitnet_two_stage(kdnb_main, tmp_path, small_teacher):
+    kdnb_main('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', small_teacher/'last.pt', '--student', 'ResNet-8', '--method', 'FitNet',
              '--hint-epochs', '1', '--epochs', '1', *SMALL, '--out', tmp_path/'fit', '--no-progress', check=True)
     hint = json.loads((tmp_path/'fit'/'hint'/'results.json').read_text())
     assert hint['config']['stage'] == 'hint' and 'hint' in (tmp_path/'fit'/'hint'/'history.csv').read_text().splitlines()[0]

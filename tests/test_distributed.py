@@ -57,7 +57,7 @@ def test_cli_two_processes_write_once_resume_and_match_one(tmp_path):
 
     # one process with the same global batch: the same images each epoch, in other groups, and BatchNorm over 32 images
     # rather than each process's 16 (SyncBN needs GPUs), so the epoch's loss agrees closely, not exactly
-    run_kdnb(*DISTIL, '--out', tmp_path/'one', check=True)
+    run_main(*DISTIL, '--out', tmp_path/'one', check=True)
     two, one = (pd.read_csv(tmp_path/d/'history.csv').train_loss for d in ('whole', 'one'))
     assert abs(two[0] - one[0]) / one[0] < 0.03, (two[0], one[0])
     r = run_main(*DISTIL, '--out', tmp_path/'whole', '--resume')  # the same run in one process is another run

@@ -26,11 +26,11 @@ def tree(tmp_path_factory):
 
 def test_train_and_distill_both_layouts(tree, tmp_path):
     common = ['--data-root', tree, '--epochs', '1', '--bs', '6', '--device', 'cpu', '--no-progress', '--benchmark', 'imagenet']
-    run_kdnb('train', '--model', 'torchvision:resnet18', '--dataset', 'image-folder', '--out', tmp_path/'t', *common, check=True)
+    run_main('train', '--model', 'torchvision:resnet18', '--dataset', 'image-folder', '--out', tmp_path/'t', *common, check=True)
     res = json.loads((tmp_path/'t'/'results.json').read_text())
     assert (res['config']['model'], res['config']['num_classes'], res['config']['lr'], res['config']['wd']) == ('torchvision:resnet18', 3, 0.1, 1e-4)
     # the reference's layout (list files), a feature method with kdnb's MobileNetV1 student: both in one fused run
-    run_kdnb('distill', '--teacher', 'torchvision:resnet18', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'MobileNetV1',
+    run_main('distill', '--teacher', 'torchvision:resnet18', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'MobileNetV1',
              '--method', 'KD,AT', '--dataset', 'image-lists', '--out', tmp_path/'s', *common, check=True)
     for m in ('KD', 'AT'):
         res = json.loads((tmp_path/'s'/m/'results.json').read_text())

@@ -37,16 +37,16 @@ def test_bench_dispatch_prints_the_loops_own_time():
 
 def test_distill_with_device_pipeline_and_teacher_cache(tmp_path):
     common = ['--epochs', '1', '--bs', '32', '--max-items', '64', '--no-progress', '--device', 'cpu']
-    run_kdnb('train', '--model', 'ResNet-8', '--out', tmp_path/'t', '--speed', 'off,device_data', *common, check=True)
+    run_main('train', '--model', 'ResNet-8', '--out', tmp_path/'t', '--speed', 'off,device_data', *common, check=True)
     for i, speed in enumerate(['off,device_data,teacher_cache', 'off,device_data,teacher_cache']):
-        r = run_kdnb('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'ResNet-8',
+        r = run_main('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'ResNet-8',
                      '--method', 'DIST', '--speed', speed, '--out', tmp_path/f's{i}', *common, check=True)
         res = json.loads((tmp_path/f's{i}'/'results.json').read_text())
         assert res['config']['speed'] == 'device_data,teacher_cache' and 0 <= res['last']['top1'] <= 1
     caches = list((tmp_path/'t'/'logit_cache').glob('*.pt'))
     assert len(caches) == 1  # built by the first student, found by the second
     # a method that needs the teacher's features runs without the cache, and says so
-    r = run_kdnb('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'ResNet-8',
+    r = run_main('distill', '--teacher', 'ResNet-8', '--teacher-ckpt', tmp_path/'t'/'last.pt', '--student', 'ResNet-8',
                  '--method', 'SRD', '--speed', 'off,device_data,teacher_cache', '--out', tmp_path/'srd', *common, check=True)
     assert 'teacher_cache is off' in r.stdout
     one_line_error(run_main('distill', '--teacher', 'ResNet-8', '--student', 'ResNet-8', '--speed', 'fast,warp', '--out', tmp_path/'x', *common),
