@@ -47,7 +47,7 @@ def test_smoke_grid_end_to_end(tmp_path):
     victim = out/'cells/cifar10-subset/distill/WRN-16-2_WRN-16-1/SRD/s0'
     (victim/'results.json').write_text('{"last": {"top1": 0.1')
     before = {p: p.stat().st_mtime for p in (out/'cells').rglob('results.json') if victim not in p.parents}
-    r = run_kdnb('grid', 'run', SMOKE, '--out', out, check=True)
+    r = run_main('grid', 'run', SMOKE, '--out', out, check=True)
     assert '6 finished, 1 to run' in r.stdout and 'corrupt' in r.stdout
     assert (victim/'results.json.corrupt').exists() and victim in finished(out)
     assert starts(out)[str(victim.relative_to(out/'cells'))] == 2 and sum(starts(out).values()) == 8
@@ -162,7 +162,7 @@ def test_non_finite_cell_is_failed_never_a_number(tmp_path):
     "A cell whose loss became NaN/inf is recorded as failed (error.json names the epoch), and the table shows 'failed', not a top-1."
     spec = tmp_path/'nan.yaml'
     spec.write_text("dataset: cifar10-subset\nepochs: 1\nmax_items: 64\nbs: 16\nlr: 1.0e+30\nexperiments:\n  main:\n    models: [ResNet-8]\n")
-    r = run_kdnb('grid', 'run', spec, '--out', tmp_path/'g', '--workers', '1')
+    r = run_main('grid', 'run', spec, '--out', tmp_path/'g', '--workers', '1')
     assert r.returncode == 1 and 'failed' in r.stdout, r.stdout
     err = json.loads((tmp_path/'g'/'cells'/'cifar10-subset'/'train'/'ResNet-8'/'s0'/'error.json').read_text())
     assert 'not finite' in err['message'] and 'epoch 0' in err['message'], err['message']
@@ -195,7 +195,7 @@ def test_fused_grid(tmp_path):
     dry = run_main('grid', 'run', spec, '--out', tmp_path/'dry', '--dry-run', check=True).stdout
     assert 'fuse: 3 cells in 1 fused runs' in dry
     out = tmp_path/'g'
-    r = run_kdnb('grid', 'run', spec, '--out', out, check=True)
+    r = run_main('grid', 'run', spec, '--out', out, check=True)
     assert '5/5 cells finished' in r.stdout, r.stdout
     fused = {e['cell']: e.get('fused_in') for e in events(out) if e['event'] == 'start' and '/distill/' in e['cell']}
     assert len(fused) == 3 and len(set(fused.values())) == 1 and None not in fused.values(), fused  # one run for the three
