@@ -16,14 +16,17 @@ demo: install
 	$(BIN)/kdnb demo --out runs/demo
 
 # Two workers with one torch thread each: two threads per process on two cores oversubscribe them, 2-4x slower.
-# --dist loadfile keeps a file's tests on one worker, so module fixtures (a trained teacher, the docs site) are built once.
-# nbdev-test runs notebooks in name order, which leaves the longest one (34) alone at the end; two processes with balanced halves don't.
-NB_HALF = ^(0|1[1-35]|34)
+# --dist loadfile keeps a file's tests on one worker, so module fixtures (a trained teacher, the docs site) are built once;
+# --no-loadscope-reorder hands out the files in the order tests/conftest.py gives them: the longest first.
+# Two nbdev-test processes of about equal length: the tutorials that need a teacher (30, 31, 34) in one, where they share it
+# (kdnb.train.tutorial_teacher), with 06e; the other notebooks in the other. 06e and 10 in one process fail in dynamo's guards
+# (each notebook has its own `__main__`), which no kernel of Jupyter or papermill, one per notebook, meets.
+NB_HALF = ^(06e|3[014])
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers 0 --file-re '$(NB_HALF)' & half=$$!; \
 	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers 0 --skip-file-re '^[_.]|$(NB_HALF)'; rest=$$?; \
 	wait $$half && exit $$rest
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 export: install
 	$(BIN)/nbdev-export && $(BIN)/nbdev-clean

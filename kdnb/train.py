@@ -7,8 +7,8 @@ Docs: https://kdnb-team.github.io/kdnb/train.html.md"""
 # %% ../nbs/07_train.ipynb #30c7729a
 from __future__ import annotations
 from .core import KdnbError, check_device, DirLock, save_json
-import math, random, sys, time, types
-from functools import partial, wraps
+import math, random, sys, tempfile, time, types
+from functools import cache, partial, wraps
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
 from fastai.learner import Learner
@@ -30,7 +30,7 @@ from .runs import write_epoch, load_weights, run_dir, prepare_run_dir, run_resul
 __all__ = ['epoch_in_run', 'MultiStepLR', 'top1', 'top5', 'LossNotFinite', 'EpochLoss', 'random_state', 'set_random_state',
            'seed_training', 'Checkpointer', 'check_batches', 'one_process_per_run', 'sgd_update', 'SGDGroup',
            'step_graph_obstacle', 'StepGraph', 'make_learner', 'fit_run', 'fit_epochs', 'make_run_dataloaders',
-           'train_model']
+           'train_model', 'tutorial_teacher']
 
 # %% ../nbs/07_train.ipynb #77c663c0
 def epoch_in_run(learn) -> int:
@@ -292,3 +292,16 @@ def train_model(cfg:RunConfig|None=None, **overrides) -> dict:
     config = cfg.record(model=net.name, num_classes=dls.num_classes, speed=str(sp), precision=sp.precision)
     learn = make_learner(dls, net, recipe, cfg.out, speed=sp, sync_bn=cfg.sync_bn)
     return fit_run(learn, recipe, cfg.out, config, cfg.resume, cfg.progress)
+
+# %% ../nbs/07_train.ipynb #7dc955f3
+def tutorial_teacher(model:str, dataset:str='cifar10-subset', epochs:int=4, max_items:int|None=2048, data_root=None, seed:int=0,
+                     device:str='cpu') -> tuple[Path, dict]:
+    "The checkpoint and results of `train_model` of `model` with these settings into a temporary folder, trained once per process."
+    return _trained_once(model, dataset, epochs, max_items, data_root, seed, device)
+
+@cache
+def _trained_once(model, dataset, epochs, max_items, data_root, seed, device):
+    out = Path(tempfile.mkdtemp(prefix='kdnb-teacher-'))
+    res = train_model(model=model, dataset=dataset, epochs=epochs, max_items=max_items, data_root=data_root, seed=seed, device=device,
+                      out=out, progress=False)
+    return out/'last.pt', res

@@ -50,20 +50,20 @@ def test_step_graph_resumes_exactly(tmp_path):
 def test_kill_the_cli_and_resume(tmp_path):
     "A real SIGKILL mid-run: the checkpoint stays loadable and --resume completes the run."
     out = tmp_path/'run'
-    args = [*KDNB, 'train', '--model', 'ResNet-8', '--epochs', '3', '--max-items', '1024', '--out', str(out), '--no-progress']
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    train = ['train', '--model', 'ResNet-8', '--epochs', '3', '--max-items', '1024', '--out', str(out), '--no-progress']
+    p = subprocess.Popen([*KDNB, *train], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (out/'last.pt').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.2)
     p.send_signal(signal.SIGKILL); p.wait()
     assert (out/'last.pt').exists() and not (out/'results.json').exists()
     assert 1 <= len(pd.read_csv(out/'history.csv')) < 3
-    r = subprocess.run(args + ['--resume'], capture_output=True, text=True)
+    r = subprocess.run([*KDNB, *train, '--resume'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     hist = pd.read_csv(out/'history.csv')
     assert hist.epoch.tolist() == [0, 1, 2], hist
     assert json.loads((out/'results.json').read_text())['epochs'] == 3
     # a finished run, asked to resume again, does nothing and reports its results
-    r2 = run_main(*args[len(KDNB):], '--resume')
+    r2 = run_main(*train, '--resume')
     assert r2.returncode == 0 and 'results.json' in r2.stdout
 
 from kdnb.distill import distill_model
