@@ -96,6 +96,14 @@ def two_cell_grid(**over) -> str:
     lines = [l for l in TWO_CELL_GRID.splitlines() if l.split(':')[0] not in over]
     return '\n'.join([f"{k}: {v}" for k, v in over.items()] + lines) + '\n'
 
+@contextlib.contextmanager
+def compiled_alone():
+    """A compiled run as in a process of its own, as the command line and the grid run it: dynamo forgets the graphs of earlier
+    runs, which would count towards its limit of 8 graphs a function; past that limit it runs the function eagerly, which fails."""
+    import torch
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True): yield
+
 class WrittenInputs:
     "Context manager recording, for each graph inductor compiles, the names of its inputs that the graph writes to and that are not static: CUDA graph trees (compile's reduce-overhead) refuse a graph with any, or copy them in and out each call."
     def __enter__(self):

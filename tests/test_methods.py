@@ -86,14 +86,14 @@ def test_main_table_methods_train_alike_in_one_compiled_step(method):
 
 def test_epoch_schedule_is_an_input_of_the_compiled_step(tmp_path):
     "A loss weight that changes with the epoch (DKD's and ReviewKD's warm-ups) reaches the compiled step (speed option step_graph) as a tensor: each epoch trains as fastai's loop does, and the step compiles once, not once an epoch."
-    from conftest import WrittenInputs
+    from conftest import WrittenInputs, compiled_alone
     from kdnb.config import RunConfig
     from kdnb.fused import distill_fused, fused_configs
     common = dict(model='ResNet-8', teacher='ResNet-8', method='DKD', epochs=3, max_items=32, bs=16, progress=False, device='cpu', hparams={'warmup': 3})
     eager = distill_model(out=tmp_path/'eager', speed='off', **common)
-    with WrittenInputs() as w: graphed = distill_model(out=tmp_path/'graphed', speed='off,step_graph', **common)
+    with compiled_alone(), WrittenInputs() as w: graphed = distill_model(out=tmp_path/'graphed', speed='off,step_graph', **common)
     assert sum(1 for g in w.graphs if g[0]) == 1, [len(g[0]) for g in w.graphs]
     for a, b in zip(eager['history'], graphed['history']):  # a weight compiled in as the first epoch's would drift from the second on
         assert abs(a['nckd'] - b['nckd']) < 1e-3 * abs(a['nckd']), (eager['history'], graphed['history'])
-    with WrittenInputs() as w: distill_fused(fused_configs(RunConfig(out=tmp_path/'fused', speed='off,step_graph', **{**common, 'hparams': {}}), ['DKD', 'ReviewKD']))
+    with compiled_alone(), WrittenInputs() as w: distill_fused(fused_configs(RunConfig(out=tmp_path/'fused', speed='off,step_graph', **{**common, 'hparams': {}}), ['DKD', 'ReviewKD']))
     assert sum(1 for g in w.graphs if g[0]) == 1, [len(g[0]) for g in w.graphs]

@@ -1,7 +1,7 @@
 "Speed options end to end: `kdnb bench`, the device pipeline and the teacher cache through `kdnb distill`, and the GPU checks."
 import json, re
 import pytest, torch
-from conftest import run_kdnb, run_main, has_cuda, WrittenInputs
+from conftest import run_kdnb, run_main, has_cuda, WrittenInputs, compiled_alone
 from test_cli import one_line_error
 
 def test_bench_cpu_prints_ratio():
@@ -67,40 +67,42 @@ def test_teacher_cache_trains_as_the_online_teacher(tmp_path):
     assert all(torch.allclose(w[0][k].float(), w[1][k].float(), rtol=1e-5, atol=1e-7) for k in w[0]), 'the students\' weights differ'
 
 def test_compile_on_cpu(tmp_path):
-    "torch.compile's path (inductor's C++ backend on a CPU): the compiled student trains like the eager one, the epoch's last partial batch included."
-    common = dict(epochs=1, max_items=56, bs=16, progress=False, device='cpu')  # batches of 16, 16, 16 and 8
+    """torch.compile's path (inductor's C++ backend on a CPU): the compiled student trains like the eager one, the epoch's last
+    partial batch included. The whole step as one compiled function (speed option step_graph) trains alike too, and is the CPU
+    twin of CUDA graph trees accepting it: one graph a batch shape, writing only static inputs (parameters, buffers, momentum)."""
     from kdnb.distill import distill_model
-    common.update(model='ResNet-8', teacher='ResNet-8')
-    eager = distill_model(out=tmp_path/'eager', speed='off', **common)
-    compiled = distill_model(out=tmp_path/'compiled', speed='off,compile', **common)
-    assert compiled['config']['speed'] == 'compile=default'
-    assert abs(compiled['last']['train_loss'] - eager['last']['train_loss']) < 1e-3 * abs(eager['last']['train_loss'])
-    # the whole step as one compiled function (speed option step_graph), the last partial batch a graph of its own: the same training
-    graphed = distill_model(out=tmp_path/'graphed', speed='off,step_graph', **common)
-    assert graphed['config']['speed'] == 'step_graph'
-    assert abs(graphed['last']['train_loss'] - eager['last']['train_loss']) < 1e-3 * abs(eager['last']['train_loss'])
-    bf16 = distill_model(out=tmp_path/'graphed-bf16', speed='off,step_graph', precision='bf16', **common)  # autocast inside the compiled step
-    assert abs(bf16['last']['train_loss'] - eager['last']['train_loss']) < 0.05 * abs(eager['last']['train_loss'])
-    # a logit method's student and a feature method's, of one class, compiled in one fused run: the second one's hooks still
-    # record (dynamo would otherwise reuse the first one's hookless graph for it)
     from kdnb.config import RunConfig
     from kdnb.fused import distill_fused, fused_configs
-    fused = distill_fused(fused_configs(RunConfig(method='KD', out=tmp_path/'fused', speed='off,compile', **common), ['KD', 'AT']))
+    common = dict(model='ResNet-8', teacher='ResNet-8', epochs=1, max_items=56, bs=16, progress=False, device='cpu')  # batches of 16, 16, 16 and 8
+    def alike(res, eager, rel): return abs(res['last']['train_loss'] - eager['last']['train_loss']) < rel * abs(eager['last']['train_loss'])
+    eager = distill_model(out=tmp_path/'eager', speed='off', **common)
+    with compiled_alone(): compiled = distill_model(out=tmp_path/'compiled', speed='off,compile', **common)
+    assert compiled['config']['speed'] == 'compile=default' and alike(compiled, eager, 1e-3), (compiled['last'], eager['last'])
+    with compiled_alone(), WrittenInputs() as w: graphed = distill_model(out=tmp_path/'graphed', speed='off,step_graph', **common)
+    assert graphed['config']['speed'] == 'step_graph' and alike(graphed, eager, 1e-3), (graphed['last'], eager['last'])
+    steps = [g for g in w.graphs if g[0]]  # the validation's graphs write nothing
+    assert len(steps) == 2 and all(len(written) > 50 for written, _ in steps), [len(g[0]) for g in w.graphs]  # no break splits a step
+    assert all(not_static == [] for _, not_static in steps), f"the step writes inputs that are not static: {steps}"
+    # autocast inside the compiled step (whole batches: the partial one is checked above)
+    with compiled_alone(): bf16 = distill_model(out=tmp_path/'graphed-bf16', speed='off,step_graph', precision='bf16', **{**common, 'max_items': 48})
+    assert alike(bf16, eager, 0.05), (bf16['last'], eager['last'])
+    # a logit method's student and a feature method's, of one class, compiled in one fused run: the second one's hooks still
+    # record (dynamo would otherwise reuse the first one's hookless graph for it)
+    with compiled_alone(): fused = distill_fused(fused_configs(RunConfig(method='KD', out=tmp_path/'fused', speed='off,compile', **common), ['KD', 'AT']))
     assert [r['config']['method'] for r in fused] == ['KD', 'AT'] and all(r['last']['train_loss'] > 0 for r in fused), fused
 
 def test_step_graph_suits_cuda_graphs(tmp_path):
-    "The CPU twin of CUDA graph trees accepting the whole step (speed option step_graph), fused students stacked or not: one graph a step, writing only static inputs (parameters, buffers, momentum)."
-    from kdnb.distill import distill_model
+    """The CPU twin of CUDA graph trees accepting the whole step of fused students (speed option step_graph), stacked or not:
+    one graph a step, writing only static inputs (a lone student's step: `test_compile_on_cpu`)."""
     from kdnb.config import RunConfig
     from kdnb.fused import distill_fused, fused_configs
     common = dict(model='ResNet-8', teacher='ResNet-8', epochs=1, max_items=48, bs=16, progress=False, device='cpu', speed='fast,compile=reduce-overhead,step_graph')
-    for name, run in [('KD', lambda: distill_model(out=tmp_path/'kd', method='KD', **common)),
-                      ('fused AT,FitNet', lambda: distill_fused(fused_configs(RunConfig(method='AT', out=tmp_path/'fused', **common), ['AT', 'FitNet']))),
-                      ('stacked AT,FitNet', lambda: distill_fused(fused_configs(RunConfig(method='AT', out=tmp_path/'stacked', **{**common, 'speed': common['speed'] + ',stacked'}), ['AT', 'FitNet'])))]:
-        with WrittenInputs() as w: run()
+    for name, speed in [('fused', common['speed']), ('stacked', common['speed'] + ',stacked')]:
+        with compiled_alone(), WrittenInputs() as w:
+            distill_fused(fused_configs(RunConfig(method='AT', out=tmp_path/name, **{**common, 'speed': speed}), ['AT', 'FitNet']))
         steps = [g for g in w.graphs if g[0]]  # the teacher's and the validation's graphs write nothing
         assert len(steps) == 1 and len(steps[0][0]) > 50, (name, [len(g[0]) for g in w.graphs])  # one graph: no break splits the step
-        assert steps[0][1] == [], f"{name}: the step writes inputs that are not static: {steps[0][1]}"
+        assert steps[0][1] == [], f"{name} AT,FitNet: the step writes inputs that are not static: {steps[0][1]}"
 
 GPU_RUN = ['--epochs', '1', '--bs', '64', '--max-items', '512', '--no-progress', '--device', 'cuda']
 def on_gpu(test):
