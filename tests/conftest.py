@@ -126,3 +126,7 @@ class WrittenInputs:
         self._stack.callback(setattr, cls, '__init__', init)
         return self
     def __exit__(self, *exc): self._stack.close()
+    @property
+    def steps(self) -> list:
+        "The graphs that write any input: training steps (a teacher's or a validation's graph writes none)."
+        return [g for g in self.graphs if g[0]]

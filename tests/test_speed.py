@@ -80,7 +80,7 @@ def test_compile_on_cpu(tmp_path):
     assert compiled['config']['speed'] == 'compile=default' and alike(compiled, eager, 1e-3), (compiled['last'], eager['last'])
     with compiled_alone(), WrittenInputs() as w: graphed = distill_model(out=tmp_path/'graphed', speed='off,step_graph', **common)
     assert graphed['config']['speed'] == 'step_graph' and alike(graphed, eager, 1e-3), (graphed['last'], eager['last'])
-    steps = [g for g in w.graphs if g[0]]  # the validation's graphs write nothing
+    steps = w.steps
     assert len(steps) == 2 and all(len(written) > 50 for written, _ in steps), [len(g[0]) for g in w.graphs]  # no break splits a step
     assert all(not_static == [] for _, not_static in steps), f"the step writes inputs that are not static: {steps}"
     # autocast inside the compiled step (whole batches: the partial one is checked above)
@@ -100,7 +100,7 @@ def test_step_graph_suits_cuda_graphs(tmp_path):
     for name, speed in [('fused', common['speed']), ('stacked', common['speed'] + ',stacked')]:
         with compiled_alone(), WrittenInputs() as w:
             distill_fused(fused_configs(RunConfig(method='AT', out=tmp_path/name, **{**common, 'speed': speed}), ['AT', 'FitNet']))
-        steps = [g for g in w.graphs if g[0]]  # the teacher's and the validation's graphs write nothing
+        steps = w.steps
         assert len(steps) == 1 and len(steps[0][0]) > 50, (name, [len(g[0]) for g in w.graphs])  # one graph: no break splits the step
         assert steps[0][1] == [], f"{name} AT,FitNet: the step writes inputs that are not static: {steps[0][1]}"
 
