@@ -10,6 +10,7 @@ import fcntl, hashlib, threading, time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Callable
 from .core import KdnbError, save_torch, PRECISIONS
 import numpy as np, torch, torch.nn as nn
 from fastai.data.load import DataLoader
@@ -25,11 +26,11 @@ from fastai.torch_core import default_device, find_bs
 from .data import WithIndex, ImageArrayDataset, get_dataset, _head, drops_last_batch, CIFAR10_STATS, CIFAR100_STATS
 
 # %% auto #0
-__all__ = ['COMPILE_MODES', 'SPEED_PRESETS', 'STATS', 'Speed', 'parse_speed', 'reflect_pad', 'pad_images', 'crop_views',
-           'view_id', 'view_params', 'DeviceImageLoader', 'array_dataloaders', 'device_dataloaders', 'prepare_models',
-           'compile_network', 'BF16Autocast', 'speed_callbacks', 'DeviceSmoothLoss', 'accumulate_on_device',
-           'LeanRecorder', 'LeanProgress', 'LeanLearner', 'HostReads', 'TeacherLogitCache', 'cache_key',
-           'load_or_build_cache']
+__all__ = ['COMPILE_MODES', 'SPEED_PRESETS', 'STATS', 'GRAPHS_PER_FUNCTION', 'Speed', 'parse_speed', 'reflect_pad', 'pad_images',
+           'crop_views', 'view_id', 'view_params', 'DeviceImageLoader', 'array_dataloaders', 'device_dataloaders',
+           'prepare_models', 'use_compile_settings', 'with_compile_settings', 'compile_network', 'BF16Autocast',
+           'speed_callbacks', 'DeviceSmoothLoss', 'accumulate_on_device', 'LeanRecorder', 'LeanProgress', 'LeanLearner',
+           'HostReads', 'TeacherLogitCache', 'cache_key', 'load_or_build_cache']
 
 # %% ../nbs/06e_fast.ipynb #4a3824ac
 COMPILE_MODES = ('default', 'max-autotune', 'reduce-overhead')
@@ -191,15 +192,37 @@ def prepare_models(speed:Speed, trained:nn.Module, *others:nn.Module) -> nn.Modu
     if speed.compile and not speed.stacked: compile_network(trained, speed.compile)
     return trained
 
-def compile_network(net:nn.Module, mode:str) -> nn.Module:
-    "Compile `net` in place (`torch.compile` `mode`) for fixed batch shapes, noticing forward hooks added after the compile; returns `net`."
+GRAPHS_PER_FUNCTION = 64
+
+def use_compile_settings():
+    "Turn on, in the calling thread, the dynamo settings kdnb's compiled networks and steps need: hooks guarded, room for `GRAPHS_PER_FUNCTION` graphs a function."
+    # since PyTorch 2.12 dynamo's settings are per thread (and per Jupyter cell, which runs in a context of its own): set once,
+    # they would not reach a network called in another thread, nor a fit started in a later cell
+    c = torch._dynamo.config
     # all networks of one class share dynamo's compiled graphs, whose guards by default ignore hooks: a student whose feature
     # hooks came after a hookless network of its class was compiled would run that graph, and its hooks would record nothing.
     # Guarding hooks costs tens of microseconds a call; hooks registered again for each fit do not recompile.
-    torch._dynamo.config.skip_nnmodule_hook_guards = False
+    if c.skip_nnmodule_hook_guards: c.skip_nnmodule_hook_guards = False
+    # each batch shape, train or eval mode, precision and set of hooks is a graph, counted per class: a teacher and its student
+    # of one family, fused students and the runs of one Jupyter kernel add up. Past dynamo's default of 8 graphs a function the
+    # network would run eagerly (with a warning): sharing graphs stays (a network compiles once per process), the limit is raised.
+    if c.recompile_limit < GRAPHS_PER_FUNCTION: c.recompile_limit = GRAPHS_PER_FUNCTION
+
+def with_compile_settings(compiled:Callable) -> Callable:
+    "`compiled` (a `torch.compile`d function), called with `use_compile_settings` in whichever thread or Jupyter cell calls it."
+    def call(*args, **kwargs):
+        use_compile_settings()  # two reads of dynamo's settings: about 3 microseconds a call
+        return compiled(*args, **kwargs)
+    return call
+
+def compile_network(net:nn.Module, mode:str) -> nn.Module:
+    "Compile `net` in place (`torch.compile` `mode`) for fixed batch shapes, with `use_compile_settings` wherever it is called; returns `net`."
     # dynamic=False: an epoch's last partial batch gets a graph of its own; with dynamo's default, its second batch size would
     # recompile the network for any size, and every later batch would run that generic graph
     net.compile(mode=mode, dynamic=False)
+    # `Module.compile` keeps the compiled call in `_compiled_call_impl`, which `Module.__call__` runs; dynamo, tracing a
+    # network inside a compiled step (`kdnb.train.StepGraph`), inlines the network's forward and never runs this wrapper
+    net._compiled_call_impl = with_compile_settings(net._compiled_call_impl)
     return net
 
 class BF16Autocast(Callback):

@@ -20,7 +20,7 @@ from fastai.callback.core import Callback, CancelTrainException, CancelBatchExce
 from typing import Callable, NamedTuple
 from fastai.torch_core import set_seed, default_device
 from .data import make_dataloaders, DatasetIndexCallback
-from .fast import Speed, parse_speed, speed_callbacks, prepare_models, device_dataloaders, LeanLearner
+from .fast import Speed, parse_speed, speed_callbacks, prepare_models, device_dataloaders, LeanLearner, with_compile_settings
 from .distributed import DDPTrainer, world_size, is_main_process, unwrap, process_mean, process_device, process_batch, distributed_speed
 from .models.core import create_model
 from .config import Recipe, RunConfig, as_config
@@ -168,10 +168,11 @@ class StepGraph(Callback):
     "Each training batch as one compiled call (speed option `step_graph`): forward, loss, gradient and SGD update, in place of fastai's forward, backward and step."
     order = 200  # after every callback that prepares a batch or times it: the step runs at the end of `before_batch`
     def __init__(self, mode:str='default'):
-        # dynamo keeps compiled graphs per code object and falls back to eager after 8 of them: with a copy of its own, each
+        # dynamo keeps compiled graphs per code object and falls back to eager past a limit of them: with a copy of its own, each
         # learner's step counts only its own graphs, however many runs (a bench's, the fused bench's seven) share the process
         step = types.FunctionType(_training_step.__code__.replace(), _training_step.__globals__, _training_step.__name__)
-        self.train_step, self.code, self.plugged = torch.compile(step, mode=mode, dynamic=False), step.__code__, None
+        self.train_step = with_compile_settings(torch.compile(step, mode=mode, dynamic=False))  # the settings in the fit's thread
+        self.code, self.plugged = step.__code__, None
     def plug(self, loss:nn.Module, inputs:Callable, record:Callable):
         "Train on `loss`, a module around the learner's model mapping (x, y, *inputs()) to (loss, terms); hand each batch's terms to `record`."
         self.plugged = loss, inputs, record
@@ -207,7 +208,7 @@ class StepGraph(Callback):
         raise CancelBatchException()  # the step is done: fastai's forward, backward and step are skipped, `after_batch` still runs
     def after_train(self):
         # the fit's first epoch has seen every batch shape: a graph compiled in a later one means that a value the step reads
-        # as a Python number changed, and each epoch would compile the step again (past 8 graphs, dynamo runs it uncompiled)
+        # as a Python number changed, and each epoch would compile the step again (past dynamo's limit of graphs a function, it runs uncompiled)
         n = len(torch._dynamo.eval_frame._debug_get_cache_entry_list(self.code))
         if self.graphs is not None and n > self.graphs:
             print(f"warning: the training step (speed option step_graph) was compiled again in epoch {epoch_in_run(self.learn)}: a number it reads in "

@@ -99,7 +99,7 @@ def two_cell_grid(**over) -> str:
 @contextlib.contextmanager
 def compiled_alone():
     """A compiled run as in a process of its own, as the command line and the grid run it: dynamo forgets the graphs of earlier
-    runs, which would count towards its limit of 8 graphs a function; past that limit it runs the function eagerly, which fails."""
+    runs, which would count towards its limit of graphs a function; past that limit it runs the function eagerly, which fails."""
     import torch
     torch._dynamo.reset()
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True): yield
