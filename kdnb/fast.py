@@ -10,6 +10,7 @@ import fcntl, hashlib, threading, time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from functools import wraps
 from typing import Callable
 from .core import KdnbError, save_torch, PRECISIONS
 import numpy as np, torch, torch.nn as nn
@@ -210,6 +211,7 @@ def use_compile_settings():
 
 def with_compile_settings(compiled:Callable) -> Callable:
     "`compiled` (a `torch.compile`d function), called with `use_compile_settings` in whichever thread or Jupyter cell calls it."
+    @wraps(compiled)  # keeps what torch.compile tells of the function (`_torchdynamo_orig_callable`: the code compiled)
     def call(*args, **kwargs):
         use_compile_settings()  # two reads of dynamo's settings: about 3 microseconds a call
         return compiled(*args, **kwargs)
