@@ -6,10 +6,10 @@ Docs: https://kdnb-team.github.io/kdnb/bench.html.md"""
 
 # %% ../nbs/15_bench.ipynb #b1f74a7c
 from __future__ import annotations
-import tempfile, time
+import time
 from pathlib import Path
 from typing import Callable
-from .core import KdnbError, check_number, check_device
+from .core import KdnbError, check_number, check_device, scratch_dir
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from torch.profiler import ProfilerActivity
@@ -104,7 +104,7 @@ class KdnbLoop:
             dls = indexed_dataloaders(tr, WithIndex(sub.with_transform(cifar_transforms(CIFAR100_STATS, False))), nc, bs, workers, device, drop_last=True)
         cache = None
         if sp.teacher_cache:
-            ckpt = Path(tempfile.mkdtemp())/'teacher.pt'; torch.save(teacher.state_dict(), ckpt)
+            ckpt = scratch_dir()/'teacher.pt'; torch.save(teacher.state_dict(), ckpt)
             key = cache_key(ckpt, dls.train, bf16=sp.bf16)  # the variants' teachers are one network (seed 0): one cache per precision
             caches = {} if caches is None else caches
             if (cache := caches.get(key)) is None:
@@ -114,11 +114,11 @@ class KdnbLoop:
         recipe, made = Recipe(epochs=1000, milestones=(1000,)), [make_method(m, teacher_name, student_name)[0] for m in methods]
         source = CachedTeacher(cache) if cache is not None else None  # None: the teacher's forward pass
         for s in students: prepare_models(sp, s, teacher)
-        if len(methods) == 1: self.learn, self.lr = distill_learner(dls, students[0], teacher, made[0], recipe, tempfile.mkdtemp(), source, speed=sp)
+        if len(methods) == 1: self.learn, self.lr = distill_learner(dls, students[0], teacher, made[0], recipe, scratch_dir(), source, speed=sp)
         else:
             for m in made: m.attach_data(dls.train.dataset)
             members = [DistillationModel(s, teacher, m) for s, m in zip(students, made)]
-            self.learn, self.lr = fused_learner(dls, members, teacher, recipe, tempfile.mkdtemp(), source, speed=sp), recipe.lr
+            self.learn, self.lr = fused_learner(dls, members, teacher, recipe, scratch_dir(), source, speed=sp), recipe.lr
         self.batches = len(dls.train)
     def run(self, timer:StepTimer) -> StepTimer:
         "Train until `timer` has timed its steps (it cancels the fit); returns it."
@@ -231,7 +231,7 @@ def accuracy_check(device, print_=print, epochs:int=3, max_items:int|None=None):
     "Loss curves of the plain and the fast path, `epochs` of KD WRN-16-2 -> WRN-16-1 on the embedded subset (same teacher, same seed)."
     from kdnb.train import train_model
     from kdnb.distill import distill_model
-    out, device = Path(tempfile.mkdtemp()), str(device)  # a run's config records its device by name
+    out, device = scratch_dir(), str(device)  # a run's config records its device by name
     train_model(model='WRN-16-2', out=out/'teacher', epochs=epochs, device=device, progress=False, speed='off', max_items=max_items)
     kd = RunConfig('WRN-16-1', teacher='WRN-16-2', teacher_ckpt=out/'teacher'/'last.pt', epochs=epochs, device=device, progress=False, max_items=max_items)
     curves = {sp: distill_model(kd, out=out/sp, speed=sp, precision='bf16' if sp == 'fast' else 'fp32')['history'] for sp in ('off', 'fast')}
@@ -459,7 +459,7 @@ def _dispatch_loops(steps:int) -> dict:
     ds = synthetic_cifar(64 * steps)
     dls = array_dataloaders(ds, ds, CIFAR100_STATS, 64, 'cpu', 64, num_classes=100)
     def learner(lean:bool, speed=None):
-        learn = distill_learner(dls, _Probe(), _Probe().eval(), make_method('KD', 'probe', 'probe')[0], Recipe(), tempfile.mkdtemp(), speed=speed)[0]
+        learn = distill_learner(dls, _Probe(), _Probe().eval(), make_method('KD', 'probe', 'probe')[0], Recipe(), scratch_dir(), speed=speed)[0]
         if not lean:  # fastai's own event dispatch and Recorder: all that LeanLearner changes
             learn.__class__ = Learner; learn.remove_cb(Recorder); learn.add_cb(Recorder())
         return learn

@@ -1,4 +1,4 @@
-"""Small pieces every other module leans on: one error type with a clear message, case-insensitive registries, and atomic file writes.
+"""Small pieces every other module leans on: one error type with a clear message, scratch folders that go with their process, case-insensitive registries, and atomic file writes.
 
 Docs: https://kdnb-team.github.io/kdnb/core.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #4eff8470
 from __future__ import annotations
-import json, os, tempfile, warnings
+import atexit, json, os, shutil, tempfile, warnings
 from contextlib import contextmanager
 from pathlib import Path
 # fastai still wraps a few helpers in torch.jit.script, which torch now deprecates; the warning is not for kdnb's users
@@ -14,12 +14,22 @@ from pathlib import Path
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'KdnbError', 'Registry', 'atomic_write', 'save_json', 'load_json', 'save_torch', 'check_number',
-           'check_device', 'DirLock']
+__all__ = ['PRECISIONS', 'KdnbError', 'scratch_dir', 'Registry', 'atomic_write', 'save_json', 'load_json', 'save_torch',
+           'check_number', 'check_device', 'DirLock']
 
 # %% ../nbs/00_core.ipynb #38643ae6
 class KdnbError(Exception):
     "A problem with the user's input or files, whose message says what is wrong and how to fix it."
+
+# %% ../nbs/00_core.ipynb #a238cfd0
+def scratch_dir(prefix:str='kdnb-') -> Path:
+    "A new empty folder in the system's temporary folder, removed with its contents when this process exits."
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(_remove_own_folder, d, os.getpid())
+    return d
+
+def _remove_own_folder(d:Path, owner:int):
+    if os.getpid() == owner: shutil.rmtree(d, ignore_errors=True)  # a forked child inherits the exit handlers, not the folder
 
 # %% ../nbs/00_core.ipynb #e44c75c9
 class Registry:

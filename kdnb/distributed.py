@@ -86,7 +86,8 @@ _WORKER = 'import sys; from kdnb.distributed import run_worker; sys.exit(run_wor
 
 def torchrun_command(target:str, kwargs:dict, n:int, result) -> list[str]:
     "The `torchrun` command that runs `target` ('module:function') with `kwargs` in `n` processes of this machine."
-    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc-per-node={n}', '--no-python',
+    # torchrun's log folders go beside `result`, in the caller's temporary folder: by default each launch leaves one in the system's
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc-per-node={n}', f'--log-dir={Path(result).parent/"torchrun"}', '--no-python',
             sys.executable, '-c', _WORKER, target, json.dumps(kwargs, default=str), str(result)]
 
 def call(target:str, kwargs:dict):

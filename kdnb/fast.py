@@ -97,7 +97,6 @@ def _checked_speed(s:Speed) -> Speed:
                         f"{other} runs or compiles each student's own; leave one of them out{also}")
     return s
 
-
 # %% ../nbs/06e_fast.ipynb #ce00d56e
 def reflect_pad(images:torch.Tensor, pad:int) -> torch.Tensor:
     "Reflect-pad a (N, C, H, W) tensor of any dtype (uint8 included) by `pad` pixels, by indexing."

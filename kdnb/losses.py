@@ -181,7 +181,6 @@ def cc_repdistiller_loss(student_emb:torch.Tensor, teacher_emb:torch.Tensor) -> 
     delta = (s.float() - t.float()).abs()
     return (delta[:-1] * delta[1:]).sum(1).mean()
 
-
 # %% ../nbs/08_losses.ipynb #60838393
 def pool_to_smaller(fs:torch.Tensor, ft:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Average-pool whichever of two maps is larger to the other's spatial size."

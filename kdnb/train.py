@@ -6,8 +6,8 @@ Docs: https://kdnb-team.github.io/kdnb/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #30c7729a
 from __future__ import annotations
-from .core import KdnbError, check_device, DirLock, save_json
-import math, random, sys, tempfile, time, types
+from .core import KdnbError, check_device, DirLock, save_json, scratch_dir
+import math, random, sys, time, types
 from functools import cache, partial, wraps
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn
@@ -302,7 +302,7 @@ def tutorial_teacher(model:str, dataset:str='cifar10-subset', epochs:int=4, max_
 
 @cache
 def _trained_once(model, dataset, epochs, max_items, data_root, seed, device):
-    out = Path(tempfile.mkdtemp(prefix='kdnb-teacher-'))
+    out = scratch_dir('kdnb-teacher-')
     res = train_model(model=model, dataset=dataset, epochs=epochs, max_items=max_items, data_root=data_root, seed=seed, device=device,
                       out=out, progress=False)
     return out/'last.pt', res

@@ -8,11 +8,14 @@ from ddp_target import toy_data, toy_model
 
 TESTS = Path(__file__).resolve().parent
 
-def test_two_processes_take_the_global_batchs_step(monkeypatch):
+def test_two_processes_take_the_global_batchs_step(monkeypatch, tmp_path):
     """Two processes of 16 images each end with the weights of one SGD on the 32 images of each global step, to float
-    precision: DDP averages the gradients, and each process reads its half of the epoch's order (fastai's DistributedDL)."""
+    precision: DDP averages the gradients, and each process reads its half of the epoch's order (fastai's DistributedDL).
+    The launch leaves nothing in the temporary folder of its processes (torchrun's logs go with the launch's own folder)."""
     monkeypatch.setenv('PYTHONPATH', f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv('TMPDIR', str(tmp_path))
     got = run_in_processes('ddp_target:train_toy', dict(bs=32, epochs=2, lr=0.1), 2)
+    assert not list(tmp_path.iterdir()), f"left in the temporary folder: {sorted(p.name for p in tmp_path.iterdir())}"
     x, y = toy_data()
     net = toy_model()
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)

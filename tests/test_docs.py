@@ -38,7 +38,8 @@ def browser(site):
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
     for a in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--window-size=1280,1000'): opts.add_argument(a)
-    driver = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
+    scratch = site.parent/'browser-tmp'; scratch.mkdir(exist_ok=True)  # Chromium's singleton folders, which it leaves behind, go with the test's
+    driver = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER), env={**os.environ, 'TMPDIR': str(scratch)}))
     driver.base = f'http://127.0.0.1:{server.server_port}/'
     driver.shots = Path(os.environ.get('KDNB_SCREENSHOTS') or site.parent/'screenshots'); driver.shots.mkdir(parents=True, exist_ok=True)
     yield driver

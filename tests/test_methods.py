@@ -65,7 +65,7 @@ def test_plugin_declaring_only_features_never_gets_precomputed_logits(tmp_path):
 @pytest.mark.parametrize('method', ['FitNet', 'DIST', 'SRD', 'SRDwithDIST'])
 def test_main_table_methods_train_alike_in_one_compiled_step(method):
     "The reference's main-table methods (KD and AT: in `10_distill`) with the speed option step_graph: the weights move as in fastai's loop, and each loss term sums alike."
-    import tempfile
+    from kdnb.core import scratch_dir
     from fastai.torch_core import set_seed
     from kdnb.config import Recipe
     from kdnb.data import subset_dataloaders
@@ -74,7 +74,7 @@ def test_main_table_methods_train_alike_in_one_compiled_step(method):
     def trained(speed):
         set_seed(0)
         learn, lr = distill_learner(subset_dataloaders(n_train=32, n_valid=16, bs=16), create_model('ResNet-8', 10), create_model('ResNet-14', 10).eval(),
-                                    create_method(method), Recipe(epochs=1), tempfile.mkdtemp(), speed=speed)
+                                    create_method(method), Recipe(epochs=1), scratch_dir(), speed=speed)
         start = torch.cat([p.detach().flatten().clone() for p in learn.model.parameters()])
         with learn.no_bar(), learn.no_logging(): learn.fit(1, lr)
         return start, torch.cat([p.detach().flatten() for p in learn.model.parameters()]), {k: float(v) for k, v in learn.distiller.sums.items()}

@@ -156,7 +156,7 @@ class CudaSyncs:
 
 def _waits_per_epoch(methods, n_train, device, counter) -> int:
     "How often one epoch of `methods` (one student each, fused if several) over `n_train` training images and half as many validation images waits for the device."
-    import tempfile
+    from kdnb.core import scratch_dir
     from kdnb.data import read_cifar10_subset, ImageArrayDataset, CIFAR10_STATS
     from kdnb.fast import array_dataloaders
     from kdnb.models.core import create_model
@@ -170,10 +170,10 @@ def _waits_per_epoch(methods, n_train, device, counter) -> int:
     dls = array_dataloaders(first(n_train), first(n_train // 2), CIFAR10_STATS, bs=16, valid_bs=16, device=device, seed=0)
     teacher, recipe = create_model('ResNet-8', 10).eval().to(device), Recipe(epochs=1, milestones=(5,))
     made = [make_method(m, 'ResNet-8', 'WRN-16-1', **({'nce_k': 32} if m == 'CRD' else {}))[0] for m in methods]
-    if len(made) == 1: learn, lr = distill_learner(dls, create_model('WRN-16-1', 10), teacher, made[0], recipe, tempfile.mkdtemp())
+    if len(made) == 1: learn, lr = distill_learner(dls, create_model('WRN-16-1', 10), teacher, made[0], recipe, scratch_dir())
     else:
         for m in made: m.attach_data(dls.train.dataset)
-        learn, lr = fused_learner(dls, [DistillationModel(create_model('WRN-16-1', 10), teacher, m) for m in made], teacher, recipe, tempfile.mkdtemp()), recipe.lr
+        learn, lr = fused_learner(dls, [DistillationModel(create_model('WRN-16-1', 10), teacher, m) for m in made], teacher, recipe, scratch_dir()), recipe.lr
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, lr=lr)  # the first epoch moves the models and makes their state
         with counter() as c: learn.fit(1, lr=lr)
@@ -194,7 +194,7 @@ def test_no_batch_waits_for_the_gpu(device):
 @on_gpu
 def test_fused_students_on_streams_and_stacked():
     "Speed options `streams` and `stacked`: fused students, each on a CUDA stream of its own (`MemberStreams`) or as one network (`StudentStack`), train as they do one after another on one stream."
-    import tempfile
+    from kdnb.core import scratch_dir
     from kdnb.fast import array_dataloaders, parse_speed
     from kdnb.data import read_cifar10_subset, ImageArrayDataset, CIFAR10_STATS
     from kdnb.models.core import create_model
@@ -210,7 +210,7 @@ def test_fused_students_on_streams_and_stacked():
         teacher, recipe = create_model('ResNet-8', 10).eval().cuda(), Recipe(epochs=1, milestones=(5,))
         members = [DistillationModel(create_model('ResNet-8', 10), teacher, make_method(m, 'ResNet-8', 'ResNet-8')[0]) for m in ('KD', 'AT', 'DIST')]
         start = [torch.cat([p.detach().flatten() for p in m.student.parameters()]) for m in members]
-        learn = fused_learner(dls, members, teacher, recipe, tempfile.mkdtemp(), speed=parse_speed(speed, 'cuda'))
+        learn = fused_learner(dls, members, teacher, recipe, scratch_dir(), speed=parse_speed(speed, 'cuda'))
         with learn.no_bar(), learn.no_logging(): learn.fit(1, lr=recipe.lr)
         return learn, start
     deterministic, tf32 = torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32

@@ -40,7 +40,6 @@ def on_device(params:list[dict], device:str) -> list[dict]:
     "`params` with `device` for the cells whose config names none."
     return [{**p, 'config': {**p['config'], 'device': p['config']['device'] or device}} for p in params]
 
-
 # %% ../../nbs/12b_grid.execute.ipynb #dab08246
 def _plain(text:str) -> str: return re.sub(r'\x1b\[[0-9;]*m', '', text)  # tracebacks from the kernel come coloured
 
