@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/distributed.html.md"""
 
 # %% ../nbs/06f_distributed.ipynb #14ae58ce
 from __future__ import annotations
-import importlib, json, os, subprocess, sys, tempfile
+import importlib, json, os, subprocess, sys, tempfile, threading, time
 from dataclasses import replace
 from pathlib import Path
 from .core import KdnbError, atomic_write, load_json, check_device
@@ -17,7 +17,8 @@ from .fast import Speed
 
 # %% auto #0
 __all__ = ['world_size', 'is_main_process', 'unwrap', 'RankDL', 'DDPTrainer', 'process_mean', 'process_device', 'process_batch',
-           'distributed_speed', 'torchrun_command', 'call', 'run_worker', 'run_in_processes']
+           'distributed_speed', 'torchrun_command', 'call', 'run_worker', 'run_in_processes', 'process_gone',
+           'end_with_launch']
 
 # %% ../nbs/06f_distributed.ipynb #004b711f
 def world_size() -> int:
@@ -88,15 +89,16 @@ def torchrun_command(target:str, kwargs:dict, n:int, result) -> list[str]:
     "The `torchrun` command that runs `target` ('module:function') with `kwargs` in `n` processes of this machine."
     # torchrun's log folders go beside `result`, in the caller's temporary folder: by default each launch leaves one in the system's
     return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc-per-node={n}', f'--log-dir={Path(result).parent/"torchrun"}', '--no-python',
-            sys.executable, '-c', _WORKER, target, json.dumps(kwargs, default=str), str(result)]
+            sys.executable, '-c', _WORKER, target, json.dumps(kwargs, default=str), str(result), str(os.getpid())]
 
 def call(target:str, kwargs:dict):
     "`target(**kwargs)`, `target` naming a function as 'module:function'."
     module, _, name = target.partition(':')
     return getattr(importlib.import_module(module), name)(**kwargs)
 
-def run_worker(target:str, kwargs:str, result:str) -> int:
-    "One process of `run_in_processes`: call `target(**kwargs)`; process 0 writes its return value (or its error) to `result`."
+def run_worker(target:str, kwargs:str, result:str, launcher:str|None=None) -> int:
+    "One process of `run_in_processes` (started by process `launcher`, which it ends with): call `target(**kwargs)`; process 0 writes its return value (or its error) to `result`."
+    if launcher: end_with_launch(int(launcher))
     try: out, code = dict(value=call(target, json.loads(kwargs))), 0
     except KdnbError as e: out, code = dict(error=str(e)), 2
     finally:
@@ -116,3 +118,21 @@ def run_in_processes(target:str, kwargs:dict, n:int):
         if errors: raise KdnbError(errors[0])
         if rc or not result.exists(): raise KdnbError(f"a process of the run failed (torchrun exit {rc}; its output above says why); fix that and run again with --resume")
         return load_json(result)['value']
+
+# %% ../nbs/06f_distributed.ipynb #63a285bc
+def process_gone(pid:int) -> bool:
+    "Whether process `pid` has exited; one that exited but was not yet reaped by its parent (a zombie) is gone too."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return True
+    except PermissionError: return False  # alive, another user's
+    try: return Path(f'/proc/{pid}/stat').read_text().rpartition(')')[2].split()[0] == 'Z'
+    except OSError: return False  # no /proc (macOS): alive, as kill says
+
+def end_with_launch(launcher:int, period:float=0.5):
+    "End this process, from a daemon thread checking every `period` seconds, once process `launcher` or this process's parent is gone."
+    parent = os.getppid()
+    def watch():
+        while not (process_gone(launcher) or os.getppid() != parent): time.sleep(period)
+        print(f"kdnb: the command that launched this run is gone; process {rank_distrib()} of the run ends with it", file=sys.stderr, flush=True)
+        os._exit(1)
+    threading.Thread(target=watch, name='kdnb-launch-watch', daemon=True).start()

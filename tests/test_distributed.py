@@ -38,6 +38,16 @@ DISTIL = ['distill', '--teacher', 'WRN-16-2', '--student', 'WRN-16-1', '--method
 
 def final_weights(out): return torch.load(Path(out)/'last.pt', weights_only=False)['model']
 
+def _processes_naming(text) -> list[int]:
+    "The processes (but zombies) whose command line contains `text`."
+    found = []
+    for d in Path('/proc').iterdir():
+        try:
+            if d.name.isdigit() and str(text) in (d/'cmdline').read_bytes().decode(errors='replace') and \
+               (d/'stat').read_text().rpartition(')')[2].split()[0] != 'Z': found.append(int(d.name))
+        except OSError: pass  # exited meanwhile
+    return found
+
 def test_cli_two_processes_write_once_resume_and_match_one(tmp_path):
     "`kdnb distill --gpus 2`: one set of run files, a SIGKILL after an epoch resumes to the uninterrupted run's weights, and the loss of one process."
     whole = run_kdnb(*DISTIL, '--gpus', '2', '--out', tmp_path/'whole', check=True)
@@ -53,6 +63,10 @@ def test_cli_two_processes_write_once_resume_and_match_one(tmp_path):
     deadline = time.time() + 300
     while not (out/'history.csv').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.02)
     os.killpg(p.pid, signal.SIGKILL); p.wait()
+    # torchrun's processes, in sessions of their own, end with their launcher rather than finish the run themselves
+    deadline = time.time() + 10
+    while _processes_naming(out) and time.time() < deadline: time.sleep(0.1)
+    assert not _processes_naming(out), "the run's processes outlived the killed launch"
     assert pd.read_csv(out/'history.csv').epoch.tolist() == [0] and not (out/'results.json').exists()
     run_kdnb(*DISTIL, '--gpus', '2', '--out', out, '--resume', check=True)
     assert pd.read_csv(out/'history.csv').epoch.tolist() == [0, 1]
