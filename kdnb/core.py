@@ -1,4 +1,4 @@
-"""Small pieces every other module leans on: one error type with a clear message, scratch folders that go with their process, case-insensitive registries, and atomic file writes.
+"""Small pieces every other module leans on: one error type with a clear message, scratch folders that go with their process, case-insensitive registries, atomic file writes, and processes that end with their launcher.
 
 Docs: https://kdnb-team.github.io/kdnb/core.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://kdnb-team.github.io/kdnb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #4eff8470
 from __future__ import annotations
-import atexit, json, os, shutil, tempfile, warnings
+import atexit, json, os, shutil, sys, tempfile, threading, time, warnings
 from contextlib import contextmanager
 from pathlib import Path
 # fastai still wraps a few helpers in torch.jit.script, which torch now deprecates; the warning is not for kdnb's users
@@ -15,7 +15,7 @@ warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'KdnbError', 'scratch_dir', 'Registry', 'atomic_write', 'save_json', 'load_json', 'save_torch',
-           'check_number', 'check_device', 'DirLock']
+           'check_number', 'check_device', 'DirLock', 'process_gone', 'end_with_launch']
 
 # %% ../nbs/00_core.ipynb #38643ae6
 class KdnbError(Exception):
@@ -152,3 +152,21 @@ class DirLock:
         if self.fd is not None: fcntl.flock(self.fd, fcntl.LOCK_UN); os.close(self.fd); self.fd = None
     def __enter__(self): return self
     def __exit__(self, *a): self.release()
+
+# %% ../nbs/00_core.ipynb #1d485bc2
+def process_gone(pid:int) -> bool:
+    "Whether process `pid` has exited; one that exited but was not yet reaped by its parent (a zombie) is gone too."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return True
+    except PermissionError: return False  # alive, another user's
+    try: return Path(f'/proc/{pid}/stat').read_text().rpartition(')')[2].split()[0] == 'Z'
+    except OSError: return False  # no /proc (macOS): alive, as kill says
+
+def end_with_launch(launcher:int, period:float=0.5):
+    "End this process, from a daemon thread checking every `period` seconds, once process `launcher` or this process's parent is gone."
+    parent = os.getppid()
+    def watch():
+        while not (process_gone(launcher) or os.getppid() != parent): time.sleep(period)
+        print(f"kdnb: the command that launched process {os.getpid()} is gone; it ends too", file=sys.stderr, flush=True)
+        os._exit(1)
+    threading.Thread(target=watch, name='kdnb-launch-watch', daemon=True).start()

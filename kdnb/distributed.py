@@ -6,10 +6,10 @@ Docs: https://kdnb-team.github.io/kdnb/distributed.html.md"""
 
 # %% ../nbs/06f_distributed.ipynb #14ae58ce
 from __future__ import annotations
-import importlib, json, os, subprocess, sys, tempfile, threading, time
+import importlib, json, os, subprocess, sys, tempfile
 from dataclasses import replace
 from pathlib import Path
-from .core import KdnbError, atomic_write, load_json, check_device
+from .core import KdnbError, atomic_write, load_json, check_device, end_with_launch
 import torch, torch.distributed as dist
 from fastai.distributed import DistributedDL, DistributedTrainer
 from fastai.torch_core import num_distrib, rank_distrib, maybe_gather, default_device
@@ -17,8 +17,7 @@ from .fast import Speed
 
 # %% auto #0
 __all__ = ['world_size', 'is_main_process', 'unwrap', 'RankDL', 'DDPTrainer', 'process_mean', 'process_device', 'process_batch',
-           'distributed_speed', 'torchrun_command', 'call', 'run_worker', 'run_in_processes', 'process_gone',
-           'end_with_launch']
+           'distributed_speed', 'torchrun_command', 'call', 'run_worker', 'run_in_processes']
 
 # %% ../nbs/06f_distributed.ipynb #004b711f
 def world_size() -> int:
@@ -118,21 +117,3 @@ def run_in_processes(target:str, kwargs:dict, n:int):
         if errors: raise KdnbError(errors[0])
         if rc or not result.exists(): raise KdnbError(f"a process of the run failed (torchrun exit {rc}; its output above says why); fix that and run again with --resume")
         return load_json(result)['value']
-
-# %% ../nbs/06f_distributed.ipynb #63a285bc
-def process_gone(pid:int) -> bool:
-    "Whether process `pid` has exited; one that exited but was not yet reaped by its parent (a zombie) is gone too."
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return True
-    except PermissionError: return False  # alive, another user's
-    try: return Path(f'/proc/{pid}/stat').read_text().rpartition(')')[2].split()[0] == 'Z'
-    except OSError: return False  # no /proc (macOS): alive, as kill says
-
-def end_with_launch(launcher:int, period:float=0.5):
-    "End this process, from a daemon thread checking every `period` seconds, once process `launcher` or this process's parent is gone."
-    parent = os.getppid()
-    def watch():
-        while not (process_gone(launcher) or os.getppid() != parent): time.sleep(period)
-        print(f"kdnb: the command that launched this run is gone; process {rank_distrib()} of the run ends with it", file=sys.stderr, flush=True)
-        os._exit(1)
-    threading.Thread(target=watch, name='kdnb-launch-watch', daemon=True).start()

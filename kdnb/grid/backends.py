@@ -6,9 +6,9 @@ Docs: https://kdnb-team.github.io/kdnb/grid.backends.html.md"""
 
 # %% ../../nbs/12c_grid.backends.ipynb #024a8a42
 from __future__ import annotations
-import os, signal, sys, time
+import os, sys, time
 from pathlib import Path
-from ..core import KdnbError
+from ..core import KdnbError, end_with_launch
 from .spec import Cell
 from .store import cell_dir
 from .execute import execute_cells, on_device
@@ -17,20 +17,14 @@ from .execute import execute_cells, on_device
 __all__ = ['BACKENDS', 'Worker', 'LocalBackend', 'RayBackend']
 
 # %% ../../nbs/12c_grid.backends.ipynb #aba25c90
-def _die_with_parent():
-    try:
-        import ctypes
-        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError: pass
-
 def _gpu_count() -> int:
     import torch
     return torch.cuda.device_count()
 
-def _work(env:dict, out:str, params:list[dict], notebook:str|None, log:str, conn):
-    "A worker process: its slot's environment (set before any CUDA use), its output in `log`, the cells' outcomes sent through `conn`."
+def _work(env:dict, out:str, params:list[dict], notebook:str|None, log:str, conn, runner:int):
+    "A worker process of process `runner`: its slot's environment (set before any CUDA use), its output in `log`, the cells' outcomes sent through `conn`."
     os.environ.update(env)
-    _die_with_parent()
+    end_with_launch(runner)
     with open(log, 'a') as f:
         os.dup2(f.fileno(), 1); os.dup2(f.fileno(), 2)  # the kernel papermill starts writes there too
         try: outcomes = execute_cells(out, params, notebook)
@@ -46,7 +40,7 @@ class Worker:
         self.cells, self.log = [p['cell_id'] for p in params], cell_dir(out, params[0]['cell_id'])/'exec.log'
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.conn, child = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=_work, args=(env, str(out), params, notebook and str(notebook), str(self.log), child))
+        self.process = ctx.Process(target=_work, args=(env, str(out), params, notebook and str(notebook), str(self.log), child, os.getpid()))
         self.process.start(); child.close()
     def outcomes(self) -> list[dict]|None:
         "One outcome per cell once the worker has ended (a worker that died without reporting: its cells failed); None while it runs."
