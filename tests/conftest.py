@@ -130,3 +130,27 @@ class WrittenInputs:
     def steps(self) -> list:
         "The graphs that write any input: training steps (a teacher's or a validation's graph writes none)."
         return [g for g in self.graphs if g[0]]
+
+MARK_S = 1e6  # an epoch's wall time no run measures
+
+def mark_checkpointed_epochs(*run_dirs) -> dict:
+    """Set the wall time of each epoch held by `last.pt` in each unfinished run of `run_dirs` to `MARK_S`; {run dir: epochs marked}.
+    A run resumed from that checkpoint carries the mark into its history, while one trained again from scratch writes measured
+    times. Weights and losses cannot tell them apart: a CPU run with a fixed seed is the same both times."""
+    import pandas as pd, torch
+    marked = {}
+    for d in map(Path, run_dirs):
+        if not (d/'last.pt').exists() or (d/'results.json').exists(): continue  # a finished stage is not resumed
+        ckpt = torch.load(d/'last.pt', map_location='cpu', weights_only=False)
+        for row in ckpt['history']: row['seconds'] = MARK_S
+        torch.save(ckpt, d/'last.pt'); marked[d] = len(ckpt['history'])
+        pd.DataFrame(ckpt['history']).to_csv(d/'history.csv', index=False)  # as the checkpoint's epoch wrote it
+    return marked
+
+def assert_resumed(marked:dict):
+    "Each run of `marked` (from `mark_checkpointed_epochs`) begins its history with its marked epochs: it went on from its checkpoint."
+    import pandas as pd
+    assert marked, "no unfinished run had a checkpoint: nothing was resumed"
+    for d, n in marked.items():
+        seconds = pd.read_csv(d/'history.csv').seconds.tolist()[:n]
+        assert seconds == [MARK_S] * n, f"{d}: its {n} checkpointed epochs were trained again (their wall times: {seconds})"

@@ -15,8 +15,8 @@ def _replace(argv, flag, value):
 # name -> (argv, words the error line must contain). {W} is the shared folder of earlier files, {C} this case's folder.
 CASES = {
     # silently wrong before: values that cannot work, caught before training
-    'lr nan': ([*TRAIN, '--lr', 'nan', '--out', '{C}'], ['lr', 'nan']),
-    'lr inf': ([*TRAIN, '--lr', 'inf', '--out', '{C}'], ['lr', 'inf']),
+    'lr nan': ([*TRAIN, '--lr', 'nan', '--out', '{C}'], ['--lr', 'must be a finite number', 'nan']),  # not the non-finite loss a run with it meets
+    'lr inf': ([*TRAIN, '--lr', 'inf', '--out', '{C}'], ['--lr', 'must be a finite number', 'inf']),
     'lr negative': ([*TRAIN, '--lr', '-0.1', '--out', '{C}'], ['lr', '-0.1']),
     'epochs 0': ([*_replace(TRAIN, '--epochs', '0'), '--out', '{C}'], ['--epochs', '0']),
     'epochs negative': ([*_replace(TRAIN, '--epochs', '-2'), '--out', '{C}'], ['--epochs', '-2']),

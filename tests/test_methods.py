@@ -4,6 +4,7 @@ from kdnb.methods import list_methods, create_method
 from kdnb.distill import distill_model
 from kdnb.models.core import create_model
 import kdnb.train
+from conftest import mark_checkpointed_epochs, assert_resumed
 
 def test_methods_lists_every_method_with_defaults_and_paper(kdnb_main):
     out = kdnb_main('methods', check=True).stdout.splitlines()
@@ -39,7 +40,9 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, method, 
     with monkeypatch.context() as m:
         kill_after_first_checkpoint(m)
         with pytest.raises(KeyboardInterrupt): distil(tmp_path/'killed', teacher, method, **hp)
+    marked = mark_checkpointed_epochs(tmp_path/'killed')
     distil(tmp_path/'killed', teacher, method, **hp)
+    assert_resumed(marked)
     w0, w1 = [torch.load(d/'last.pt', map_location='cpu', weights_only=False)['model'] for d in (tmp_path/'straight', tmp_path/'killed')]
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0), [k for k in w0 if not torch.equal(w0[k], w1[k])][:5]
     saved = {'VID': 'method.raw_vars.0', 'CRD': 'method.memory_s'}  # the variances, the memory: saved with the run

@@ -8,7 +8,7 @@ from kdnb.models.core import create_model
 from kdnb.config import Recipe
 from kdnb.train import make_learner, fit_run
 from kdnb.data import subset_dataloaders
-from conftest import KDNB, run_main
+from conftest import KDNB, run_main, mark_checkpointed_epochs, assert_resumed
 
 RECIPE = Recipe(epochs=3, milestones=(2,), lr=0.05)
 
@@ -30,7 +30,9 @@ def test_resume_gives_same_final_weights(tmp_path):
     ref, ref_res = run(tmp_path/'straight')
     _, crashed = run(tmp_path/'resumed', crash_after=1)
     assert crashed is None and pd.read_csv(tmp_path/'resumed'/'history.csv').epoch.tolist() == [0]
+    marked = mark_checkpointed_epochs(tmp_path/'resumed')
     res_learn, res = run(tmp_path/'resumed')
+    assert_resumed(marked)
     assert res['epochs'] == 3 and pd.read_csv(tmp_path/'resumed'/'history.csv').epoch.tolist() == [0, 1, 2]
     for (k, a), b in zip(ref.model.state_dict().items(), res_learn.model.state_dict().values()):
         assert torch.equal(a, b), k
@@ -44,7 +46,9 @@ def test_step_graph_resumes_exactly(tmp_path):
     run(tmp_path/'resumed', crash_after=1, speed=sp)
     state = torch.load(tmp_path/'resumed'/'last.pt', weights_only=False)['opt']['state']
     assert state and all(s['momentum_buffer'].abs().sum() > 0 for s in state.values())  # the epoch's buffers, in the checkpoint
+    marked = mark_checkpointed_epochs(tmp_path/'resumed')
     res_learn, res = run(tmp_path/'resumed', speed=sp)
+    assert_resumed(marked)
     assert res['epochs'] == 3 and all(torch.equal(a, b) for a, b in zip(ref.model.state_dict().values(), res_learn.model.state_dict().values()))
 
 def test_kill_the_cli_and_resume(tmp_path):
@@ -57,8 +61,10 @@ def test_kill_the_cli_and_resume(tmp_path):
     p.send_signal(signal.SIGKILL); p.wait()
     assert (out/'last.pt').exists() and not (out/'results.json').exists()
     assert 1 <= len(pd.read_csv(out/'history.csv')) < 3
+    marked = mark_checkpointed_epochs(out)
     r = subprocess.run([*KDNB, *train, '--resume'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    assert_resumed(marked)
     hist = pd.read_csv(out/'history.csv')
     assert hist.epoch.tolist() == [0, 1, 2], hist
     assert json.loads((out/'results.json').read_text())['epochs'] == 3
@@ -98,7 +104,9 @@ def test_two_stage_fitnet_resumes_exactly(tmp_path, monkeypatch, k, before_save)
         kill_at(m, k, before_save)
         with pytest.raises(KeyboardInterrupt): two_stage_fitnet(tmp_path/'killed', teacher)
     assert not (tmp_path/'killed'/'results.json').exists()
+    marked = mark_checkpointed_epochs(tmp_path/'killed'/'hint', tmp_path/'killed')
     two_stage_fitnet(tmp_path/'killed', teacher)
+    if (k, before_save) != (3, True): assert_resumed(marked)  # killed before the main stage's first checkpoint: nothing to resume
     (w0, h0, hint0), (w1, h1, hint1) = final_state(tmp_path/'straight'), final_state(tmp_path/'killed')
     assert w0.keys() == w1.keys() and all(torch.equal(w0[n], w1[n]) for n in w0), [n for n in w0 if not torch.equal(w0[n], w1[n])][:5]
     pd.testing.assert_frame_equal(hint0, hint1); pd.testing.assert_frame_equal(h0, h1)
@@ -118,7 +126,9 @@ def test_fused_run_resumes_exactly(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt): distill_fused(runs(tmp_path/'cut'))
     monkeypatch.setattr(FusedCheckpointer, 'after_epoch', real)
     assert all(torch.load(tmp_path/'cut'/m/'last.pt', weights_only=False)['epoch'] == 1 for m in methods)
+    marked = mark_checkpointed_epochs(*(tmp_path/'cut'/m for m in methods))
     distill_fused(runs(tmp_path/'cut', resume=True))
+    assert_resumed(marked)
     for m in methods:
         a, b = (torch.load(tmp_path/run/m/'last.pt', weights_only=False) for run in ('whole', 'cut'))
         assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model']), m
