@@ -58,8 +58,9 @@ def test_cli_two_processes_write_once_resume_and_match_one(tmp_path):
     assert cfg['processes'] == 2 and cfg['bs'] == 32 and cfg['sync_bn'] is False
 
     out = tmp_path/'killed'
+    (tmp_path/'tmp').mkdir()  # the killed launch cannot remove its temporary folder: it goes into the test's
     p = subprocess.Popen([*KDNB, *DISTIL, '--gpus', '2', '--out', str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)  # torchrun and its processes: one group to kill
+                         start_new_session=True, env={**os.environ, 'TMPDIR': str(tmp_path/'tmp')})  # torchrun and its processes: one group to kill
     deadline = time.time() + 300
     while not (out/'history.csv').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.02)
     os.killpg(p.pid, signal.SIGKILL); p.wait()

@@ -6,14 +6,19 @@ from pathlib import Path
 import pandas as pd, pytest, torch
 from conftest import KDNB, run_main, two_cell_grid, mark_checkpointed_epochs, assert_resumed
 
-ENV = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}  # one thread: the same float sums in every process
+ENV = {'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}  # one thread: the same float sums in every process
+
+@pytest.fixture(autouse=True)
+def killed_commands_write_temporary_files_here(tmp_path, monkeypatch):
+    "A command killed with SIGKILL cannot remove its temporary files: they go into the test's folder, not the system's."
+    (tmp_path/'tmp').mkdir(); monkeypatch.setenv('TMPDIR', str(tmp_path/'tmp'))
 SMALL = ['--max-items', '64', '--bs', '16', '--no-progress']
 
 def run(args, kill_after:float|None=None, watch=None):
     """Run `kdnb args`; returns (seconds taken, seconds until `watch` appeared). With `kill_after`, SIGKILL it that many seconds
     after `watch` appears (at once if it exists; e.g. config.json: training has begun), if it has not finished by then."""
     t0, seen = time.time(), None
-    p = subprocess.Popen([*KDNB, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    p = subprocess.Popen([*KDNB, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
     while watch is not None and seen is None and p.poll() is None:
         if watch(): seen = time.time() - t0
         else: time.sleep(0.01)
@@ -98,7 +103,8 @@ def test_kill_grid_move_it_and_rerun(tmp_path):
     (as a second machine mounting it elsewhere would see it) and run again: no process of the killed grid lives on to finish the
     cell, no stale lock, the finished cell is not run again, and both cells end with the weights, history and results of an
     uninterrupted grid."""
-    # 20 epochs: a cell killed in its first has seconds of training left, more than its processes take to end with the grid
+    # 20 epochs: the distillation cell killed in its first has seconds of training left, more than its processes take to end
+    # with the grid (the teacher cell trains as many: a grid's cells share their settings)
     spec = tmp_path/'tiny.yaml'; spec.write_text(two_cell_grid(epochs=20))
     run(['grid', 'run', spec, '--out', tmp_path/'straight', '--workers', '1'])
     cells = sorted(p.parent.relative_to(tmp_path/'straight') for p in (tmp_path/'straight').rglob('results.json'))
