@@ -95,9 +95,9 @@ def call(target:str, kwargs:dict):
     module, _, name = target.partition(':')
     return getattr(importlib.import_module(module), name)(**kwargs)
 
-def run_worker(target:str, kwargs:str, result:str, launcher:str|None=None) -> int:
+def run_worker(target:str, kwargs:str, result:str, launcher:str) -> int:
     "One process of `run_in_processes` (started by process `launcher`, which it ends with): call `target(**kwargs)`; process 0 writes its return value (or its error) to `result`."
-    if launcher: end_with_launch(int(launcher))
+    end_with_launch(int(launcher))
     try: out, code = dict(value=call(target, json.loads(kwargs))), 0
     except KdnbError as e: out, code = dict(error=str(e)), 2
     finally:

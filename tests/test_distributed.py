@@ -3,6 +3,7 @@ import json, os, signal, subprocess, time
 from pathlib import Path
 import pandas as pd, pytest, torch, torch.nn.functional as F
 from conftest import KDNB, run_kdnb, run_main, ROOT
+from kdnb.core import process_gone
 from kdnb.distributed import run_in_processes
 from ddp_target import toy_data, toy_model
 
@@ -39,12 +40,12 @@ DISTIL = ['distill', '--teacher', 'WRN-16-2', '--student', 'WRN-16-1', '--method
 def final_weights(out): return torch.load(Path(out)/'last.pt', weights_only=False)['model']
 
 def _processes_naming(text) -> list[int]:
-    "The processes (but zombies) whose command line contains `text`."
+    "The running processes (zombies aside) whose command line contains `text`."
     found = []
     for d in Path('/proc').iterdir():
         try:
-            if d.name.isdigit() and str(text) in (d/'cmdline').read_bytes().decode(errors='replace') and \
-               (d/'stat').read_text().rpartition(')')[2].split()[0] != 'Z': found.append(int(d.name))
+            if d.name.isdigit() and str(text) in (d/'cmdline').read_bytes().decode(errors='replace') and not process_gone(int(d.name)):
+                found.append(int(d.name))
         except OSError: pass  # exited meanwhile
     return found
 

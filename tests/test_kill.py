@@ -12,22 +12,19 @@ ENV = {'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}  # one thread: the sa
 def killed_commands_write_temporary_files_here(tmp_path, monkeypatch):
     "A command killed with SIGKILL cannot remove its temporary files: they go into the test's folder, not the system's."
     (tmp_path/'tmp').mkdir(); monkeypatch.setenv('TMPDIR', str(tmp_path/'tmp'))
+
 SMALL = ['--max-items', '64', '--bs', '16', '--no-progress']
 
 def run(args, kill_after:float|None=None, watch=None):
-    """Run `kdnb args`; returns (seconds taken, seconds until `watch` appeared). With `kill_after`, SIGKILL it that many seconds
-    after `watch` appears (at once if it exists; e.g. config.json: training has begun), if it has not finished by then."""
-    t0, seen = time.time(), None
+    """Run `kdnb args`. With `kill_after`, SIGKILL it that many seconds after `watch()` is true (at once if it is), if it has
+    not finished by then."""
     p = subprocess.Popen([*KDNB, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
-    while watch is not None and seen is None and p.poll() is None:
-        if watch(): seen = time.time() - t0
-        else: time.sleep(0.01)
+    while watch is not None and p.poll() is None and not watch(): time.sleep(0.01)
     try: _, err = p.communicate(timeout=kill_after)
     except subprocess.TimeoutExpired:
         p.send_signal(signal.SIGKILL); p.wait(); p.stderr.close()  # not communicate(): a child that outlived it could hold the pipe open
-        return time.time() - t0, seen
+        return
     assert kill_after is not None or p.returncode == 0, err
-    return time.time() - t0, seen
 
 def weights(run_dir) -> dict: return torch.load(Path(run_dir)/'last.pt', map_location='cpu', weights_only=False)['model']
 
@@ -54,13 +51,17 @@ def teacher(tmp_path_factory):
     run_main('train', '--model', 'ResNet-8', '--epochs', '1', *SMALL, '--out', out, check=True)
     return out/'last.pt'
 
+def stage_histories(out) -> list[pd.DataFrame]:
+    "The history.csv of each stage of the run in `out` written so far (a two-stage method's hint stage first)."
+    return [pd.read_csv(f) for f in (Path(out)/'hint'/'history.csv', Path(out)/'history.csv') if f.exists()]
+
 def epochs_done(out) -> int:
     "Epochs checkpointed in run folder `out`, both stages of a two-stage method counted."
-    return sum(len(pd.read_csv(f)) for f in (Path(out)/'hint'/'history.csv', Path(out)/'history.csv') if f.exists())
+    return sum(map(len, stage_histories(out)))
 
 def epoch_seconds(out) -> float:
     "The median wall time of an epoch of the finished run in `out`."
-    return float(pd.concat(pd.read_csv(f) for f in (Path(out)/'hint'/'history.csv', Path(out)/'history.csv') if f.exists()).seconds.median())
+    return float(pd.concat(stage_histories(out)).seconds.median())
 
 def kill_and_resume(args, out, after:tuple, epoch_s:float) -> list[float]:
     """`kdnb args --out out --resume`, once for each number n of `after`, SIGKILLed at a random moment of the epoch after its n-th
@@ -110,7 +111,7 @@ def test_kill_grid_move_it_and_rerun(tmp_path):
     cells = sorted(p.parent.relative_to(tmp_path/'straight') for p in (tmp_path/'straight').rglob('results.json'))
     distill, = [c for c in cells if 'distill' in c.parts]
     assert len(cells) == 2
-    kill = round(random.uniform(0, 0.8 * float(pd.read_csv(tmp_path/'straight'/distill/'history.csv').seconds.median())), 3)
+    kill = round(random.uniform(0, 0.8 * epoch_seconds(tmp_path/'straight'/distill)), 3)
     run(['grid', 'run', spec, '--out', tmp_path/'killed', '--workers', '1'], kill_after=kill, watch=(tmp_path/'killed'/distill/'config.json').exists)
     done_before = {e['cell'] for e in events(tmp_path/'killed') if e['event'] == 'done'}
     assert not (tmp_path/'killed'/distill/'results.json').exists(), f"killed {kill} s after the cell's run began: it had ended"
